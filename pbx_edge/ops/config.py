@@ -1,0 +1,173 @@
+"""Edge node configuration: one YAML file validated by pydantic at start-up.
+
+A bad file stops the node with a message naming the field, the bad value and why
+(:class:`ConfigError`). Environment variables ``SMARTPBX__SECTION__KEY=value`` override any key
+(``__`` separates levels), so secrets need not live in the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "SMARTPBX__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Strict):
+    transport: Literal["udp", "tcp"] = "udp"
+    host: str = "127.0.0.1"
+    port: int = Field(5060, ge=1, le=65535)
+
+
+class TimerConfig(_Strict):
+    """RFC 3261 §17 base timers in seconds."""
+
+    t1: float = Field(0.5, gt=0, le=10)
+    t2: float = Field(4.0, gt=0, le=60)
+    t4: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _t2_not_below_t1(self) -> TimerConfig:
+        if self.t2 < self.t1:
+            raise ValueError(f"t2 ({self.t2}) must be >= t1 ({self.t1})")
+        return self
+
+
+class OptionsPingConfig(_Strict):
+    enabled: bool = False
+    interval: float = Field(30.0, gt=0)
+    failures_before_dead: int = Field(2, ge=1)
+
+
+class SipConfig(_Strict):
+    listen: list[ListenConfig] = Field(
+        default_factory=lambda: [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
+    )
+    domain: str = "pbx.local"
+    advertised_host: str | None = None
+    timers: TimerConfig = TimerConfig()
+    max_message_size: int = Field(65535, ge=1024, le=1_048_576)
+    user_agent: str = "SmartPBX-Edge/0.1"
+    min_expires: int = Field(60, ge=0)
+    max_expires: int = Field(3600, ge=1)
+    default_expires: int = Field(3600, ge=1)
+    options_ping: OptionsPingConfig = OptionsPingConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _at_least_one(cls, value: list[ListenConfig]) -> list[ListenConfig]:
+        if not value:
+            raise ValueError("at least one listen address is required")
+        return value
+
+
+class NoAnswerAction(_Strict):
+    """What the caller gets when the callee does not answer in time. Later: ``attendant``."""
+
+    action: Literal["reject"] = "reject"
+    code: int = Field(480, ge=400, le=699)
+    reason: str = "Temporarily Unavailable"
+
+
+class ExtensionConfig(_Strict):
+    no_answer_timeout: float | None = Field(None, gt=0)
+    no_answer_action: NoAnswerAction | None = None
+
+
+class StaticRoute(_Strict):
+    """Calls whose user part starts with ``prefix`` go to ``target`` (a gateway or trunk URI)."""
+
+    prefix: str = ""
+    target: str
+    strip: int = Field(0, ge=0)
+    add_prefix: str = ""
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_sip_uri(cls, value: str) -> str:
+        from pbx_edge.sip.uri import SipUri
+
+        try:
+            uri = SipUri.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a SIP URI: {exc}") from exc
+        if uri.scheme not in ("sip", "sips") or not uri.host:
+            raise ValueError("target must be a sip: URI with a host")
+        return value
+
+
+class CallsConfig(_Strict):
+    no_answer_timeout: float = Field(30.0, gt=0)
+    no_answer_action: NoAnswerAction = NoAnswerAction()
+    max_calls: int = Field(10_000, ge=1)
+    supported_extensions: list[str] = Field(default_factory=lambda: ["100rel", "timer", "replaces"])
+
+
+class RoutingConfig(_Strict):
+    static_routes: list[StaticRoute] = Field(default_factory=list)
+    extensions: dict[str, ExtensionConfig] = Field(default_factory=dict)
+
+
+class EdgeConfig(_Strict):
+    node_id: str = "edge-1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sip: SipConfig = SipConfig()
+    calls: CallsConfig = CallsConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad field, its value and the reason."""
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        if path:
+            node[path[-1]] = yaml.safe_load(value) if value else value
+    return data
+
+
+def parse_config(data: dict[str, Any] | None, environ: dict[str, str] | None = None) -> EdgeConfig:
+    merged = _apply_env(dict(data or {}), dict(os.environ if environ is None else environ))
+    try:
+        return EdgeConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{where}: {err['msg']}{shown}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> EdgeConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return parse_config(data, environ)
