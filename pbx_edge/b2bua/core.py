@@ -1,0 +1,342 @@
+"""The edge's signalling core: a sans-I/O B2BUA on top of the transaction layer.
+
+Theory of operation. Bytes come in with :meth:`EdgeCore.receive` (from the UDP/TCP adapters) and time
+with :meth:`EdgeCore.handle_timer`; what must be sent comes out of :meth:`EdgeCore.outgoing`. The
+transaction layer absorbs retransmissions and raises events; each event is routed to the call it
+belongs to through the transaction's ``owner`` (client side) or the Call-ID (server side). A call has
+two legs, each its own dialog (own Call-ID, tags, CSeq). The legs never talk to each other: this
+module decides, per event, what the other leg gets (:mod:`pbx_edge.b2bua.calls` holds those flows).
+
+Requests that belong to no call are answered here: REGISTER (registrar), OPTIONS (capabilities),
+CANCEL/BYE without a call (481), unknown methods (501), methods we know but do not take outside a
+dialog (405).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
+from pbx_edge.b2bua.calls import CallFlows
+from pbx_edge.b2bua.location import LocationTable
+from pbx_edge.b2bua.messages import contact_header, via_header
+from pbx_edge.b2bua.no_answer import NoAnswerPolicy, RejectOnNoAnswer
+from pbx_edge.b2bua.options_ping import OptionsPinger
+from pbx_edge.b2bua.registrar import Registrar
+from pbx_edge.b2bua.routing import Router
+from pbx_edge.media.interface import MediaManager, PassThroughMedia
+from pbx_edge.ops.config import EdgeConfig
+from pbx_edge.sip.endpoint import Endpoint
+from pbx_edge.sip.ids import new_branch
+from pbx_edge.sip.message import Headers, Request, Response, SipParseError, parse_message
+from pbx_edge.sip.responses import check_request, make_response
+from pbx_edge.sip.timers import TimerHeap
+from pbx_edge.sip.transaction import (
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    TimerSettings,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
+ACCEPT = "application/sdp"
+KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"SUBSCRIBE", "REFER", "PUBLISH"}
+EventListener = Callable[[str, Call], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """What we put in Via/Contact for one transport: the advertised host and the listening port."""
+
+    host: str
+    port: int
+
+
+class EdgeCore(CallFlows):
+    def __init__(
+        self,
+        config: EdgeConfig,
+        local: dict[str, LocalAddress],
+        media: MediaManager | None = None,
+        no_answer: NoAnswerPolicy | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not local:
+            raise ValueError("at least one local transport address is required")
+        self.config = config
+        self.local = local
+        self.wall_clock = wall_clock  # only for Date headers; all timing uses the ``now`` we are given
+        timers = config.sip.timers
+        self.settings = TimerSettings(t1=timers.t1, t2=timers.t2, t4=timers.t4)
+        self.tx = TransactionLayer(self.settings)
+        self.location = LocationTable()
+        self.registrar = Registrar(self.location, config.sip)
+        self.router = Router(self.location, config.routing, config.sip.domain)
+        self.pinger = OptionsPinger(self.location, config.sip.options_ping)
+        self.media: MediaManager = media or PassThroughMedia()
+        self.no_answer: NoAnswerPolicy = no_answer or RejectOnNoAnswer(config.calls.no_answer_action)
+        self.calls: dict[str, Call] = {}  # by our call id
+        self.by_call_id: dict[str, Call] = {}  # both legs' Call-IDs -> call
+        self.timers: TimerHeap[tuple[str, str, int]] = TimerHeap()
+        self.listeners: list[EventListener] = []
+        self.stats: dict[str, int] = {
+            "parse_errors": 0,
+            "dropped": 0,
+            "calls_total": 0,
+            "calls_rejected": 0,
+        }
+        self.max_message_size = config.sip.max_message_size
+        self.supported = frozenset(config.calls.supported_extensions)
+
+    # --- inputs ----------------------------------------------------------------------------
+    def receive(self, data: bytes, source: Endpoint, now: float) -> None:
+        try:
+            message = parse_message(data, stream=source.reliable, max_size=self.max_message_size)
+        except SipParseError as exc:
+            self.stats["parse_errors"] += 1
+            if exc.partial is not None and exc.partial.method != "ACK":
+                reply = make_response(exc.partial, 400, exc.reason)
+                self.tx.send_stateless(reply, source)
+            else:
+                self.stats["dropped"] += 1
+            return
+        if isinstance(message, Request):
+            self._fix_via_received(message, source)
+        self.tx.receive(message, source, now)
+        self._drain(now)
+
+    def transport_error(self, dest: Endpoint, now: float) -> None:
+        self.tx.transport_error(dest, now)
+        self._drain(now)
+
+    def handle_timer(self, now: float) -> None:
+        self.tx.handle_timer(now)
+        for key in self.timers.pop_due(now):
+            self._on_call_timer(key, now)
+        for _binding in self.location.expire(now):
+            pass  # registration.expired events arrive with the operations issue
+        if self.config.sip.options_ping.enabled:
+            for binding in self.pinger.due(now):
+                self._send_options_ping(binding, now)
+        self._drain(now)
+
+    def get_timer(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self.tx.get_timer(),
+                self.timers.next_deadline(),
+                self.location.next_expiry(),
+                self.pinger.get_timer() if self.config.sip.options_ping.enabled else None,
+            )
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def outgoing(self) -> list[tuple[bytes, Endpoint]]:
+        return self.tx.outgoing()
+
+    # --- queries -----------------------------------------------------------------------------
+    def call_for(self, call_id: str) -> Call | None:
+        """The call a Call-ID (of either leg) belongs to."""
+        return self.by_call_id.get(call_id)
+
+    def mapped_call_id(self, call_id: str) -> str | None:
+        """Call-ID(A) -> Call-ID(B) and back."""
+        call = self.by_call_id.get(call_id)
+        if call is None:
+            return None
+        a, b = call.call_ids
+        return b if call_id == a else a
+
+    # --- helpers used by the call flows ------------------------------------------------------
+    def local_for(self, transport: str) -> LocalAddress:
+        return self.local.get(transport) or next(iter(self.local.values()))
+
+    def via(self, transport: str) -> str:
+        local = self.local_for(transport)
+        return via_header(local.host, local.port, transport, new_branch())
+
+    def contact(self, transport: str) -> str:
+        local = self.local_for(transport)
+        return contact_header(local.host, local.port, transport)
+
+    def emit(self, event: str, call: Call) -> None:
+        for listener in self.listeners:
+            listener(event, call)
+
+    # --- event dispatch ----------------------------------------------------------------------
+    def _drain(self, now: float) -> None:
+        next_event = self.tx.next_event
+        while (event := next_event()) is not None:
+            if isinstance(event, RequestReceived):
+                self._on_request(event.request, event.source, event.tx, now)
+            elif isinstance(event, ResponseReceived):
+                self._on_response(event.response, event.tx, now)
+            elif isinstance(event, TransactionTimeout):
+                self._on_tx_failure(event.tx, now, timeout=True)
+            elif isinstance(event, TransportError):
+                self._on_tx_failure(event.tx, now, timeout=False)
+
+    def _on_request(self, req: Request, source: Endpoint, tx: ServerTransaction | None, now: float) -> None:
+        if req.method == "ACK":
+            self.on_ack(req, now)
+            return
+        if tx is None:
+            return
+        method = req.method
+        if method not in KNOWN_METHODS:
+            self._reply(tx, 501, "Not Implemented", now, allow=True)
+            return
+        problem = check_request(req, set(self.supported))
+        if problem is not None:
+            status, reason = problem
+            reply = make_response(req, status, reason)
+            if status == 420:
+                unsupported = sorted(req.option_tags("Require") - self.supported)
+                reply.headers.add("Unsupported", ", ".join(unsupported))
+            self.tx.send_response(tx, reply, now)
+            return
+        if req.to_tag is not None:
+            self.on_in_dialog_request(req, source, tx, now)
+        elif method == "INVITE":
+            self.on_initial_invite(req, source, tx, now)
+        elif method == "CANCEL":
+            self.on_cancel(req, tx, now)
+        elif method == "REGISTER":
+            result = self.registrar.handle_register(req, source, now, wall_time=self.wall_clock())
+            self.tx.send_response(tx, result.response, now)
+        elif method == "OPTIONS":
+            self._reply(tx, 200, "OK", now, allow=True, capabilities=True)
+        elif method in ("BYE", "PRACK", "UPDATE", "INFO"):
+            self._reply(tx, 481, "Call/Transaction Does Not Exist", now)
+        else:
+            self._reply(tx, 405, "Method Not Allowed", now, allow=True)
+
+    def _on_response(self, resp: Response, tx: ClientTransaction | None, now: float) -> None:
+        if tx is None:
+            self.on_stray_response(resp, now)
+            return
+        owner = tx.owner
+        if isinstance(owner, OptionsPing):
+            self._on_options_reply(owner, True, now)
+            return
+        self.on_call_response(owner, tx, resp, now)
+
+    def _on_tx_failure(self, tx: ClientTransaction | ServerTransaction, now: float, *, timeout: bool) -> None:
+        owner = tx.owner
+        if isinstance(owner, OptionsPing):
+            self._on_options_reply(owner, False, now)
+            return
+        if isinstance(tx, ServerTransaction):
+            call = self.by_call_id.get(tx.request.call_id)
+            if call is not None and tx.is_invite:
+                self.on_unacknowledged(call, tx, now)
+            return
+        self.on_call_failure(owner, tx, now, timeout=timeout)
+
+    # --- local answers -----------------------------------------------------------------------
+    def _reply(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        allow: bool = False,
+        capabilities: bool = False,
+        to_tag: str | None = None,
+    ) -> None:
+        reply = make_response(tx.request, status, reason, to_tag=to_tag)
+        if allow:
+            reply.headers.add("Allow", ALLOW)
+        if capabilities:
+            reply.headers.add("Accept", ACCEPT)
+            reply.headers.add("Supported", ", ".join(sorted(self.supported)))
+        self.tx.send_response(tx, reply, now)
+
+    @staticmethod
+    def _fix_via_received(req: Request, source: Endpoint) -> None:
+        """RFC 3261 §18.2.1 / RFC 3581: note the real source in the top Via when it differs."""
+        value = req.headers.get("Via")
+        if value is None:
+            return
+        has_rport = ";rport" in value
+        if not has_rport and f" {source.host}" in value:
+            return
+        try:
+            via = req.top_via
+        except ValueError:
+            return
+        changed = False
+        if via.host != source.host:
+            via.params["received"] = source.host
+            changed = True
+        if "rport" in via.params and via.params["rport"] is None:
+            via.params["rport"] = str(source.port)
+            via.params.setdefault("received", source.host)
+            changed = True
+        if changed:
+            vias = req.headers.get_all("Via")
+            vias[0] = str(via)
+            req.headers.set_all("Via", vias)
+
+    # --- OPTIONS keep-alive pings ----------------------------------------------------------------
+    def _send_options_ping(self, binding: object, now: float) -> None:
+        from pbx_edge.b2bua.location import Binding
+        from pbx_edge.sip.ids import new_call_id, new_tag
+
+        assert isinstance(binding, Binding)
+        dest = binding.dest
+        local = self.local_for(dest.transport)
+        headers = Headers()
+        headers.add("Via", self.via(dest.transport))
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<sip:ping@{local.host}:{local.port}>;tag={new_tag()}")
+        headers.add("To", str(binding.contact.uri).join("<>"))
+        headers.add("Call-ID", new_call_id(local.host))
+        headers.add("CSeq", "1 OPTIONS")
+        request = Request(headers=headers, method="OPTIONS", uri=str(binding.contact.uri))
+        client_tx = self.tx.send_request(request, dest, now)
+        client_tx.owner = OptionsPing(binding)
+
+    def _on_options_reply(self, owner: OptionsPing, ok: bool, now: float) -> None:
+        from pbx_edge.b2bua.location import Binding
+
+        if isinstance(owner.key, Binding):
+            self.pinger.on_reply(owner.key, ok, now)
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+    def register_call(self, call: Call) -> None:
+        self.calls[call.id] = call
+        self.by_call_id[call.a.dialog.call_id] = call
+        self.stats["calls_total"] += 1
+
+    def attach_callee(self, call: Call, leg: Leg) -> None:
+        call.b = leg
+        self.by_call_id[leg.dialog.call_id] = call
+
+    def end_call(self, call: Call, reason: EndReason, now: float, status: int | None = None) -> None:
+        if call.state is CallState.TERMINATED:
+            return
+        call.state = CallState.TERMINATED
+        call.end_reason = reason
+        call.ended_at = now
+        if status is not None and call.final_status is None:
+            call.final_status = status
+        self.calls.pop(call.id, None)
+        for call_id in call.call_ids:
+            if call_id is not None and self.by_call_id.get(call_id) is call:
+                del self.by_call_id[call_id]
+        self.timers.cancel((call.id, "no_answer", 0))
+        for rseq in list(call.unacked_reliable):
+            self.timers.cancel((call.id, "rel1xx", rseq))
+        call.unacked_reliable.clear()
+        call.media.close()
+        self.emit("call.ended", call)

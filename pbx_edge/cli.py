@@ -1,0 +1,69 @@
+"""``smartpbx`` command line: run an edge node, check a config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pbx_edge.ops.config import ConfigError, load_config
+
+
+def _run_edge(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"smartpbx: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    from pbx_edge.edge import serve
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(serve(config))
+    except OSError as exc:
+        print(f"smartpbx: cannot start edge: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(f"smartpbx: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smartpbx", description="SmartPBX AI edge and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    edge = sub.add_parser("edge", help="run a SIP edge node")
+    edge.add_argument("--config", required=True, help="YAML config file (see config/edge.yaml)")
+    edge.set_defaults(func=_run_edge)
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and exit")
+    check.add_argument("file")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The edge node process: binds the configured sockets and drives the sans-I/O core with the event loop.
+
+Only this module and :mod:`pbx_edge.transport` touch asyncio. The core is given the loop's monotonic
+time on every input; its earliest deadline is kept as one ``loop.call_at`` handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from pbx_edge.b2bua.core import EdgeCore, LocalAddress
+from pbx_edge.ops.config import EdgeConfig
+from pbx_edge.sip.endpoint import Endpoint
+from pbx_edge.transport.tcp import TcpManager
+from pbx_edge.transport.udp import UdpProtocol, open_udp
+
+log = logging.getLogger("pbx_edge")
+
+
+class EdgeNode:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        local: dict[str, LocalAddress] = {}
+        for listen in config.sip.listen:
+            transport = listen.transport.upper()
+            local.setdefault(transport, LocalAddress(config.sip.advertised_host or listen.host, listen.port))
+        self.core = EdgeCore(config, local)
+        self.udp: UdpProtocol | None = None
+        self.tcp = TcpManager(self._deliver, self._failed, config.sip.max_message_size)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for listen in self.config.sip.listen:
+            if listen.transport == "udp":
+                protocol = await open_udp(listen.host, listen.port, self._deliver)
+                self.udp = self.udp or protocol
+            else:
+                await self.tcp.listen(listen.host, listen.port)
+        self._reschedule()
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.tcp.close()
+        if self.udp is not None and self.udp.transport is not None:
+            self.udp.transport.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # --- core <-> sockets ------------------------------------------------------------------------
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _deliver(self, data: bytes, source: Endpoint) -> None:
+        try:
+            self.core.receive(data, source, self._now())
+        except Exception:  # one bad message must never take the node down
+            log.exception("error handling message from %s", source)
+        self._flush()
+
+    def _failed(self, dest: Endpoint) -> None:
+        self.core.transport_error(dest, self._now())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.core.handle_timer(self._now())
+        except Exception:
+            log.exception("error handling timers")
+        self._flush()
+
+    def _flush(self) -> None:
+        for data, dest in self.core.outgoing():
+            if dest.transport == "UDP":
+                if self.udp is not None:
+                    self.udp.send(data, dest)
+            else:
+                self.tcp.send(data, dest)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+
+async def serve(config: EdgeConfig) -> None:
+    node = EdgeNode(config)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    addresses = ", ".join(f"{x.transport}:{x.host}:{x.port}" for x in config.sip.listen)
+    log.warning("edge ready node=%s listening on %s", config.node_id, addresses)
+    await stop.wait()
+    log.warning("edge stopping")
+    await node.stop()
