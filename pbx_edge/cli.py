@@ -24,11 +24,11 @@ def _run_edge(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
+        pass
     try:
-        runner(serve(config))
+        asyncio.run(serve(config))
     except OSError as exc:
         print(f"smartpbx: cannot start edge: {exc}", file=sys.stderr)
         return 1

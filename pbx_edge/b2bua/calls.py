@@ -12,8 +12,6 @@ their flow, and a proxy or trunk in front of the callee routes by Request-URI.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pbx_edge.b2bua.call import (
     Call,
     CalleeInvite,
@@ -30,25 +28,28 @@ from pbx_edge.b2bua.messages import (
     IN_DIALOG_PASS_HEADERS,
     PASSABLE_REQUIRE,
     callee_invite,
-    cancel_for,
     caller_identity,
+    cancel_for,
     copy_headers,
     relayed_response,
 )
-from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
+from pbx_edge.b2bua.no_answer import NoAnswerPolicy
+from pbx_edge.b2bua.routing import Router
+from pbx_edge.media.interface import MediaManager, MediaUnavailable, SdpKind, SdpRejected, Side
+from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.dialog import Dialog
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.ids import new_call_id, new_tag
 from pbx_edge.sip.message import Request, Response
 from pbx_edge.sip.responses import make_response
-from pbx_edge.sip.transaction import ClientTransaction, ServerTransaction, TxState
-
-if TYPE_CHECKING:
-    from pbx_edge.b2bua.core import EdgeCore
-
-    _Base = EdgeCore
-else:
-    _Base = object
+from pbx_edge.sip.timers import TimerHeap
+from pbx_edge.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TimerSettings,
+    TransactionLayer,
+    TxState,
+)
 
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 
@@ -58,7 +59,54 @@ def is_sdp(message: Request | Response) -> bool:
     return bool(message.body) and content_type.lower().startswith("application/sdp")
 
 
-class CallFlows(_Base):
+class CallFlows:
+    """The call flows; :class:`~pbx_edge.b2bua.core.EdgeCore` provides the state and the hooks below."""
+
+    tx: TransactionLayer
+    config: EdgeConfig
+    router: Router
+    media: MediaManager
+    no_answer: NoAnswerPolicy
+    calls: dict[str, Call]
+    by_call_id: dict[str, Call]
+    timers: TimerHeap[tuple[str, str, int]]
+    settings: TimerSettings
+    stats: dict[str, int]
+
+    def via(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def contact(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def local_host(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def emit(self, event: str, call: Call) -> None:
+        raise NotImplementedError
+
+    def register_call(self, call: Call) -> None:
+        raise NotImplementedError
+
+    def attach_callee(self, call: Call, leg: Leg) -> None:
+        raise NotImplementedError
+
+    def end_call(self, call: Call, reason: EndReason, now: float, status: int | None = None) -> None:
+        raise NotImplementedError
+
+    def _reply(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        allow: bool = False,
+        capabilities: bool = False,
+        to_tag: str | None = None,
+    ) -> None:
+        raise NotImplementedError
+
     # --- new calls -------------------------------------------------------------------------------
     def on_initial_invite(self, req: Request, source: Endpoint, tx: ServerTransaction, now: float) -> None:
         self.tx.send_response(tx, make_response(req, 100, "Trying"), now)
@@ -107,7 +155,7 @@ class CallFlows(_Base):
         invite = callee_invite(
             req,
             request_uri=str(target.uri),
-            call_id=new_call_id(self.local_for(transport).host),
+            call_id=new_call_id(self.local_host(transport)),
             from_tag=new_tag(),
             via=self.via(transport),
             contact=self.contact(transport),

@@ -159,6 +159,9 @@ class EdgeCore(CallFlows):
     def local_for(self, transport: str) -> LocalAddress:
         return self.local.get(transport) or next(iter(self.local.values()))
 
+    def local_host(self, transport: str) -> str:
+        return self.local_for(transport).host
+
     def via(self, transport: str) -> str:
         local = self.local_for(transport)
         return via_header(local.host, local.port, transport, new_branch())

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pbx_edge.sip.uri import join_params, parse_hostport, split_params
+from pbx_edge.sip.uri import TOKEN_CHARS, _params, is_token, join_params, parse_hostport
 
 BRANCH_MAGIC = "z9hG4bK"
 
-_VIA_PROTO_RE = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-]+)\s+(.+)$", re.IGNORECASE)
-_METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~\-]+$")
+# sent-protocol with LWS around the slashes (RFC 3261 §25.1 SLASH = SWS "/" SWS); the fast path in
+# Via.parse handles the usual "SIP/2.0/UDP " without it.
+_VIA_PROTO_RE = re.compile(r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z0-9.!%*_+`'~\-]+)[ \t]+(\S.*)", re.I)
+# One element of a comma-separated list: quoted-strings and <...> are opaque, "," separates.
+_LIST_ITEM_RE = re.compile(r'"(?:[^"\\]|\\.)*"?|<[^>]*>?|,', re.S)
 
 
 @dataclass(slots=True)
@@ -26,12 +29,26 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        match = _VIA_PROTO_RE.match(text.strip())
+        text = text.strip(" \t")
+        if text[:8].upper() == "SIP/2.0/":
+            transport, sp, rest = text[8:].partition(" ")
+            if not sp or not is_token(transport):
+                return cls._parse_lws(text)
+        else:
+            return cls._parse_lws(text)
+        sent_by, semi, paramtext = rest.partition(";")
+        host, port = parse_hostport(sent_by)
+        params = _params(paramtext, text) if semi else {}
+        return cls(transport=transport.upper(), host=host, port=port, params=params)
+
+    @classmethod
+    def _parse_lws(cls, text: str) -> Via:
+        match = _VIA_PROTO_RE.fullmatch(text)
         if match is None:
             raise ValueError(f"invalid Via {text!r}")
-        sent_by, _, paramtext = match.group(2).partition(";")
+        sent_by, semi, paramtext = match.group(2).partition(";")
         host, port = parse_hostport(sent_by)
-        params = split_params(paramtext)
+        params = _params(paramtext, text) if semi else {}
         return cls(transport=match.group(1).upper(), host=host, port=port, params=params)
 
     def __str__(self) -> str:
@@ -53,48 +70,44 @@ class CSeq:
         parts = text.split()
         if len(parts) != 2:
             raise ValueError(f"invalid CSeq {text!r}")
-        if not parts[0].isdigit() or len(parts[0]) > 10:
-            raise ValueError(f"invalid CSeq number {parts[0]!r}")
-        seq = int(parts[0])
+        number, method = parts
+        if not (number.isdigit() and number.isascii()) or len(number) > 10:
+            raise ValueError(f"invalid CSeq number {number[:20]!r}")
+        seq = int(number)
         if seq >= 2**31:
             raise ValueError(f"CSeq number {seq} exceeds 2**31-1")
-        if not _METHOD_RE.match(parts[1]):
-            raise ValueError(f"invalid CSeq method {parts[1]!r}")
-        return cls(seq, parts[1])
+        if method.strip(TOKEN_CHARS):
+            raise ValueError(f"invalid CSeq method {method[:40]!r}")
+        return cls(seq, method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
 
 
 def is_valid_method(method: str) -> bool:
-    return bool(_METHOD_RE.match(method))
+    return is_token(method)
+
+
+def split_list(value: str) -> list[str]:
+    """Every element of a comma-separated header value, stripped, *including* empty ones.
+
+    Commas inside quoted-strings and ``<...>`` do not separate. The parser uses the empty elements
+    to reject ``Via: a,,b``; :func:`split_comma_list` drops them.
+    """
+    if '"' not in value and "<" not in value:
+        return [part.strip(" \t") for part in value.split(",")]
+    parts: list[str] = []
+    start = 0
+    for match in _LIST_ITEM_RE.finditer(value):
+        if match.group() == ",":
+            parts.append(value[start : match.start()].strip(" \t"))
+            start = match.end()
+    parts.append(value[start:].strip(" \t"))
+    return parts
 
 
 def split_comma_list(value: str) -> list[str]:
     """Split a header value on commas that are outside quotes and angle brackets."""
     if "," not in value:
         return [value.strip()]
-    parts: list[str] = []
-    depth = 0
-    quoted = False
-    start = 0
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            parts.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    parts.append(value[start:].strip())
-    return [p for p in parts if p]
+    return [p for p in split_list(value) if p]

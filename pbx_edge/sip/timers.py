@@ -16,7 +16,7 @@ K = TypeVar("K", bound=Hashable)
 
 
 class TimerHeap(Generic[K]):
-    __slots__ = ("_heap", "_live", "_counter")
+    __slots__ = ("_counter", "_heap", "_live")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, K]] = []

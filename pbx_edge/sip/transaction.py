@@ -38,9 +38,10 @@ State machines. Each transaction is a small explicit state machine (:class:`TxSt
 diagrams are. Timers carry their RFC names (:class:`Timer`). Over a reliable transport
 (``Endpoint.reliable``) nothing is retransmitted (no A, E, G) and the linger timers D, I, J, K are
 zero, so those transactions end at once. The two RFC 6026 Accepted states replace the RFC 3261
-rule that a 2xx destroys the INVITE transaction: the client keeps absorbing nothing but passes every
-2xx up until Timer M; the server re-sends its 2xx until the ACK comes or Timer L fires (this stack
-puts the §13.3.1.4 2xx retransmission here rather than in the TU).
+rule that a 2xx destroys the INVITE transaction: the client stays alive until Timer M and passes
+every 2xx (retransmissions and forks alike) up to the TU, which ACKs each one itself; the server
+re-sends its 2xx until the ACK comes or Timer L fires (this stack puts the §13.3.1.4 2xx
+retransmission here rather than in the TU), and passes the first ACK up.
 
 A terminated transaction is removed from every table at once, and its timers cancelled, so the
 layer holds exactly the live transactions (``len(layer)``). Each message is parsed once for its top
@@ -212,6 +213,10 @@ class TransactionLayer(_Core):
         self._register(tx)
         self.stats["client_transactions"] += 1
         tx._start(now)
+        if method == "CANCEL":
+            invite_tx = self._clients.get((branch, "INVITE"))
+            if invite_tx is not None:
+                invite_tx._on_cancel_sent(now)
         return tx
 
     def send_response(self, tx: ServerTransaction, response: Response, now: float) -> None:

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from pbx_edge.sip.transaction_server import ServerTransaction
 
 BRANCH_COOKIE = "z9hG4bK"
-TIMER_D_UNRELIABLE = 32.0  # RFC 3261 Table 4: Timer D "> 32 s for UDP"
+# RFC 3261 Table 4: Timer D is "> 32 s for UDP". The layer uses max(32 s, 64*T1): the same with the
+# default T1, and still long enough to answer every final the server re-sends until its Timer H if
+# T1 was raised.
+TIMER_D_UNRELIABLE = 32.0
 
 ClientKey = tuple[str, str]  # (branch, CSeq method)
 # RFC 3261 key: (branch, sent-by host, sent-by port, method); RFC 2543 key: a longer tuple.
@@ -65,7 +68,7 @@ class Timer(IntEnum):
 
     A = 1  # client INVITE: request retransmit (UDP), T1 doubling
     B = 2  # client INVITE: transaction timeout, 64*T1
-    D = 3  # client INVITE: wait for response retransmits in Completed, 32 s UDP / 0 reliable
+    D = 3  # client INVITE: wait for response retransmits in Completed, max(32 s, 64*T1) UDP / 0 reliable
     E = 4  # client non-INVITE: request retransmit (UDP), T1 doubling capped at T2
     F = 5  # client non-INVITE: transaction timeout, 64*T1
     G = 6  # server INVITE: response retransmit (UDP), T1 doubling capped at T2 (also the 2xx)

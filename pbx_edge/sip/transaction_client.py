@@ -7,6 +7,11 @@ INVITE client transaction::
        |  300-699 (send ACK) --> Completed --Timer D--> Terminated
        +--Timer B--> Terminated (TransactionTimeout)
 
+A 1xx stops Timers A and B: in Proceeding the INVITE waits for its final response as long as it
+takes, since RFC 3261 leaves that wait to the TU (a ring timeout, then a CANCEL). When the TU sends
+the CANCEL (same branch), Timer B is armed again, so that an INVITE whose final response never
+comes times out 64*T1 later (RFC 3261 §9.1).
+
 Non-INVITE client transaction::
 
     Trying --1xx--> Proceeding --final--> Completed --Timer K--> Terminated
@@ -42,7 +47,7 @@ _ACCEPTED = TxState.ACCEPTED
 class ClientTransaction(Transaction):
     """One request we sent and the responses it gets. ``dest`` is where the request (and ACK) go."""
 
-    __slots__ = ("_ack_wire", "_top_via", "_wire", "ack", "branch", "dest")
+    __slots__ = ("_ack_wire", "_give_up_at", "_top_via", "_wire", "ack", "branch", "dest")
 
     key: ClientKey
 
@@ -62,6 +67,7 @@ class ClientTransaction(Transaction):
         self._wire = bytes(request)
         self._ack_wire = b""
         self._top_via = top_via
+        self._give_up_at: float | None = None  # INVITE: Timer B deadline set by a CANCEL
 
     def _timer_codes(self) -> tuple[Timer, ...]:
         return CLIENT_TIMERS
@@ -87,6 +93,18 @@ class ClientTransaction(Transaction):
                 self._schedule(Timer.E, now + settings.t1)
             self._schedule(Timer.F, now + 64 * settings.t1)
 
+    def _on_cancel_sent(self, now: float) -> None:
+        """RFC 3261 §9.1: with no final response 64*T1 after a CANCEL, the INVITE is given up.
+
+        Timer B is armed (again) for that purpose; in Calling it keeps running as it is, and the
+        deadline is applied when a 1xx moves the transaction to Proceeding.
+        """
+        state = self.state
+        if state is _CALLING or state is _PROCEEDING:
+            self._give_up_at = now + 64 * self._core.settings.t1
+            if state is _PROCEEDING:
+                self._schedule(Timer.B, self._give_up_at)
+
     # --- responses ---------------------------------------------------------------------------
     def _on_response(self, response: Response, source: Endpoint, now: float) -> None:
         if self.is_invite:
@@ -106,7 +124,10 @@ class ClientTransaction(Transaction):
                 if state is _CALLING:
                     self.state = _PROCEEDING
                     self._cancel(Timer.A)
-                    self._cancel(Timer.B)
+                    if self._give_up_at is None:
+                        self._cancel(Timer.B)
+                    else:  # cancelled while still Calling (RFC 3261 §9.1 says wait for a 1xx)
+                        self._schedule(Timer.B, self._give_up_at)
                 self._pass_up(response, source)
             elif status < 300:
                 self.state = _ACCEPTED
@@ -125,7 +146,7 @@ class ClientTransaction(Transaction):
                 if self.reliable:
                     self._core._terminate(self)
                 else:
-                    self._schedule(Timer.D, now + TIMER_D_UNRELIABLE)
+                    self._schedule(Timer.D, now + max(TIMER_D_UNRELIABLE, 64 * self._core.settings.t1))
         elif 200 <= status < 300:
             # Accepted: every 2xx (retransmission or another fork) goes up; the TU ACKs each.
             # Completed: a 2xx after a non-2xx final is a broken peer, but it made a dialog at

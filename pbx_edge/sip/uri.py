@@ -2,46 +2,159 @@
 
 Parsing is tolerant of what real peers send and exact about what it cannot understand: a
 malformed URI raises :class:`ValueError` with the reason, which the message layer turns into a
-400 response. The raw text of user and parameters is kept as received so that a message relayed
-through the edge is byte-for-byte what the peer sent, apart from the headers we rewrite.
+400 response. The raw text of user and parameter values is kept as received so that a message
+relayed through the edge is byte-for-byte what the peer sent, apart from the headers we rewrite;
+parameter *names* are case-insensitive and stored lower-case.
+
+The parsers are on the hot path (every message is validated on receipt), so they use ``str``
+methods rather than regular expressions. ``not s.strip(CHARS)`` is the idiom for "every character
+of ``s`` is in ``CHARS``": ``strip`` eats the whole string exactly when it has no other character.
 """
 
 from __future__ import annotations
 
-import re
+import string
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-_HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(?::(\d{1,5}))?$")
+# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN_CHARS = string.ascii_letters + string.digits + "-.!%*_+`'~"
+_TOKEN_LWS = TOKEN_CHARS + " \t"
+_HOST_CHARS = string.ascii_letters + string.digits + "-._"
+_IPV6_CHARS = string.hexdigits + ":."
+_SCHEME_CHARS = string.ascii_lowercase + string.digits + "+-."
+_HEX = frozenset(string.hexdigits)
+# Characters that never appear unescaped in any part of a URI (and would break the framing of the
+# header that carries it); everything else is accepted, as phones send "#" and worse in user parts.
+_URI_FORBIDDEN = ' \t<>"\\'
+_PARAM_NAME_FORBIDDEN = ' \t<>"=,;?@'
+_PARAM_VALUE_FORBIDDEN = ' \t<>",;\\'
+
+
+def is_token(text: str) -> bool:
+    """RFC 3261 ``token``: non-empty, only token characters."""
+    return bool(text) and not text.strip(TOKEN_CHARS)
+
+
+def _has_any(text: str, chars: str) -> bool:
+    for ch in chars:
+        if ch in text:
+            return True
+    return False
+
+
+def quoted_end(text: str, start: int = 0) -> int:
+    """Index of the ``"`` closing the quoted-string that opens at ``text[start]``.
+
+    Honours quoted-pairs (``\\"``, ``\\\\``); raises :class:`ValueError` when unterminated.
+    """
+    end = text.find('"', start + 1)
+    if end < 0:
+        raise ValueError(f"unterminated quoted string in {text!r}")
+    backslash = text.find("\\", start + 1, end)
+    if backslash < 0:
+        return end
+    i = backslash
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            return i
+        i += 1
+    raise ValueError(f"unterminated quoted string in {text!r}")
+
+
+def _split_quoted(text: str, sep: str) -> list[str]:
+    """``text.split(sep)`` that does not split inside quoted-strings."""
+    parts: list[str] = []
+    start = i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            i = quoted_end(text, i) + 1
+            continue
+        if ch == sep:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _params(text: str, source: str) -> dict[str, str | None]:
+    """Parameters from the text after the first ``;``: every ``;``-separated part must be a parameter."""
+    params: dict[str, str | None] = {}
+    parts = _split_quoted(text, ";") if '"' in text else text.split(";")
+    for part in parts:
+        name, sep, value = part.partition("=")
+        name = name.strip(" \t")
+        if not name:
+            raise ValueError(f"empty parameter in {source!r}")
+        if _has_any(name, _PARAM_NAME_FORBIDDEN):
+            raise ValueError(f"invalid parameter name {name!r} in {source!r}")
+        if not sep:
+            params[name.lower()] = None
+            continue
+        value = value.strip(" \t")
+        if value[:1] == '"':
+            if quoted_end(value) != len(value) - 1:
+                raise ValueError(f"text after quoted parameter value in {source!r}")
+        elif _has_any(value, _PARAM_VALUE_FORBIDDEN):
+            raise ValueError(f"invalid value for parameter {name!r} in {source!r}")
+        params[name.lower()] = value
+    return params
 
 
 def split_params(text: str) -> dict[str, str | None]:
-    """Split ``;a=b;c`` into an ordered dict; names are case-insensitive (stored lower-case)."""
-    params: dict[str, str | None] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip().lower()
-        if not name:
-            raise ValueError(f"empty parameter name in {text!r}")
-        params[name] = value.strip() if sep else None
-    return params
+    """Split ``;a=b;c`` into an ordered dict; names are case-insensitive (stored lower-case).
+
+    A leading ``;`` is optional; an empty parameter (``;;``, a trailing ``;``) is an error, as are
+    LWS inside a name or an unquoted value. LWS around ``;`` and ``=`` is allowed (RFC 3261 §25.1).
+    """
+    text = text.strip(" \t")
+    if not text:
+        return {}
+    if text[0] == ";":
+        text = text[1:]
+    return _params(text, text)
 
 
 def join_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
+def _port(text: str, source: str) -> int:
+    if not (text.isdigit() and text.isascii()) or len(text) > 5:
+        raise ValueError(f"invalid port in {source!r}")
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {source!r}")
+    return port
+
+
 def parse_hostport(text: str) -> tuple[str, int | None]:
-    match = _HOSTPORT_RE.match(text.strip())
-    if match is None:
+    """``host[:port]`` where host is a hostname, an IPv4 address or a bracketed IPv6 reference."""
+    text = text.strip(" \t")
+    if text[:1] == "[":
+        close = text.find("]")
+        inner = text[1:close]
+        if close < 0 or not inner or inner.strip(_IPV6_CHARS):
+            raise ValueError(f"invalid host:port {text!r}")
+        host = text[: close + 1]
+        rest = text[close + 1 :]
+        if not rest:
+            return host, None
+        if rest[0] != ":":
+            raise ValueError(f"invalid host:port {text!r}")
+        return host, _port(rest[1:], text)
+    host, colon, port = text.partition(":")
+    if not host or host.strip(_HOST_CHARS):
         raise ValueError(f"invalid host:port {text!r}")
-    port = int(match.group(2)) if match.group(2) else None
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"port out of range in {text!r}")
-    return match.group(1), port
+    return host, _port(port, text) if colon else None
 
 
 @dataclass(slots=True)
@@ -59,38 +172,43 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
-        text = text.strip()
-        scheme, sep, rest = text.partition(":")
-        if not sep or not scheme:
+        text = text.strip(" \t")
+        colon = text.find(":")
+        if colon <= 0:
             raise ValueError(f"URI without scheme: {text!r}")
-        scheme_l = scheme.lower()
-        if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", scheme_l):
-            raise ValueError(f"invalid URI scheme {scheme!r}")
-        if scheme_l not in ("sip", "sips"):
-            if not rest or any(c in rest for c in " \t<>\""):
-                raise ValueError(f"invalid {scheme_l} URI {text!r}")
-            return cls(scheme=scheme_l, opaque=rest)
-        rest, qsep, uri_headers = rest.partition("?")
-        userinfo, at, hostpart = rest.rpartition("@")
-        if not at:
-            hostpart = rest
+        scheme = text[:colon].lower()
+        rest = text[colon + 1 :]
+        if scheme != "sip" and scheme != "sips":
+            if not scheme[0].isalpha() or scheme.strip(_SCHEME_CHARS):
+                raise ValueError(f"invalid URI scheme {text[:colon]!r}")
+            if not rest or _has_any(rest, _URI_FORBIDDEN):
+                raise ValueError(f"invalid {scheme} URI {text!r}")
+            return cls(scheme=scheme, opaque=rest)
+        if _has_any(rest, _URI_FORBIDDEN):
+            raise ValueError(f"invalid character in {text!r}")
+        # An unescaped "@" can only end the userinfo: user, password, host, parameters and
+        # headers all exclude it, while the user part may hold ";", "?" and "/" (RFC 3261 §25.1).
+        at = rest.find("@")
         user = password = None
-        if at:
+        if at >= 0:
+            userinfo = rest[:at]
+            rest = rest[at + 1 :]
             user, psep, pw = userinfo.partition(":")
             if not user:
                 raise ValueError(f"empty user part in {text!r}")
-            if any(c in user for c in " \t<>\"@"):
-                raise ValueError(f"invalid character in user part of {text!r}")
+            if "%" in userinfo:
+                _check_escapes(userinfo, text)
             password = pw if psep else None
-        hostport, _, paramtext = hostpart.partition(";")
+        hostpart, qsep, uri_headers = rest.partition("?")
+        hostport, semi, paramtext = hostpart.partition(";")
         host, port = parse_hostport(hostport)
         return cls(
-            scheme=scheme_l,
+            scheme=scheme,
             user=user,
             password=password,
             host=host,
             port=port,
-            params=split_params(paramtext),
+            params=_params(paramtext, text) if semi else {},
             headers=uri_headers if qsep else None,
         )
 
@@ -106,7 +224,8 @@ class SipUri:
         out.append(self.host)
         if self.port is not None:
             out.append(f":{self.port}")
-        out.append(join_params(self.params))
+        if self.params:
+            out.append(join_params(self.params))
         if self.headers is not None:
             out.append("?" + self.headers)
         return "".join(out)
@@ -128,7 +247,13 @@ class SipUri:
         return f"{self.scheme}:{user}@{self.host.lower()}"
 
 
-_TOKEN_DISPLAY_RE = re.compile(r"^[^<\"]*$")
+def _check_escapes(text: str, source: str) -> None:
+    """Every ``%`` in a user part must start an ``escaped`` (``%`` HEXDIG HEXDIG)."""
+    i = text.find("%")
+    while i >= 0:
+        if text[i + 1 : i + 2] not in _HEX or text[i + 2 : i + 3] not in _HEX or i + 3 > len(text):
+            raise ValueError(f"invalid escape in {source!r}")
+        i = text.find("%", i + 3)
 
 
 @dataclass(slots=True)
@@ -142,64 +267,63 @@ class Address:
 
     @classmethod
     def parse(cls, text: str) -> Address:
-        text = text.strip()
+        text = text.strip(" \t")
         if not text:
             raise ValueError("empty address")
+        first = text[0]
         display: str | None = None
-        rest = text
-        if rest.startswith('"'):
-            end = _closing_quote(rest)
-            display = rest[: end + 1]
-            rest = rest[end + 1 :].lstrip()
-            if not rest.startswith("<"):
+        if first == "<":
+            lt = 0
+        elif first == '"':
+            end = quoted_end(text)
+            display = text[: end + 1]
+            lt = end + 1
+            while text[lt : lt + 1] in (" ", "\t"):
+                lt += 1
+            if text[lt : lt + 1] != "<":
                 raise ValueError(f"quoted display name without <uri> in {text!r}")
-        if "<" in rest:
-            lt = rest.index("<")
-            if display is None:
-                token = rest[:lt].strip()
-                if not _TOKEN_DISPLAY_RE.match(token):
-                    raise ValueError(f"invalid display name in {text!r}")
-                display = token or None
-            elif rest[:lt].strip():
-                raise ValueError(f"garbage between display name and <uri> in {text!r}")
-            gt = rest.find(">", lt)
-            if gt < 0:
-                raise ValueError(f"unterminated <uri> in {text!r}")
-            inner = rest[lt + 1 : gt]
-            if " " in inner.strip() or "<" in inner:
-                raise ValueError(f"whitespace inside <uri> in {text!r}")
-            uri = SipUri.parse(inner)
-            tail = rest[gt + 1 :].strip()
-            if tail and not tail.startswith(";"):
-                raise ValueError(f"unexpected text after <uri> in {text!r}")
-            return cls(uri=uri, display=display, params=split_params(tail), bracketed=True)
-        # addr-spec: parameters after the URI belong to the header, not the URI.
-        if any(c in rest for c in " \t"):
+        else:
+            lt = text.find("<")
+            if lt < 0:
+                return cls._parse_addr_spec(text)
+            token = text[:lt].strip(" \t")
+            if token.strip(_TOKEN_LWS):
+                raise ValueError(f"invalid display name in {text!r}")
+            display = token or None
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise ValueError(f"unterminated <uri> in {text!r}")
+        inner = text[lt + 1 : gt]
+        if not inner or " " in inner or "\t" in inner or "<" in inner:
+            raise ValueError(f"whitespace or '<' inside <uri> in {text!r}")
+        uri = SipUri.parse(inner)
+        tail = text[gt + 1 :].strip(" \t")
+        if not tail:
+            return cls(uri=uri, display=display, params={}, bracketed=True)
+        if tail[0] != ";":
+            raise ValueError(f"unexpected text after <uri> in {text!r}")
+        return cls(uri=uri, display=display, params=_params(tail[1:], text), bracketed=True)
+
+    @classmethod
+    def _parse_addr_spec(cls, text: str) -> Address:
+        # In addr-spec form every ";" starts a header parameter (RFC 3261 §20.10): a URI with
+        # parameters, headers or a comma must be written as name-addr.
+        uri_text, semi, paramtext = text.partition(";")
+        uri_text = uri_text.rstrip(" \t")
+        if " " in uri_text or "\t" in uri_text:
             raise ValueError(f"whitespace in addr-spec {text!r}")
-        uri_text, _, paramtext = rest.partition(";")
         if "?" in uri_text or "," in uri_text:
             raise ValueError(f"addr-spec with reserved characters must use <> in {text!r}")
-        return cls(uri=SipUri.parse(uri_text), params=split_params(paramtext), bracketed=False)
+        params = _params(paramtext, text) if semi else {}
+        return cls(uri=SipUri.parse(uri_text), params=params, bracketed=False)
 
     def __str__(self) -> str:
+        params = join_params(self.params) if self.params else ""
         if self.display is None and not self.bracketed:
-            return f"{self.uri}{join_params(self.params)}"
+            return f"{self.uri}{params}"
         prefix = f"{self.display} " if self.display else ""
-        return f"{prefix}<{self.uri}>{join_params(self.params)}"
+        return f"{prefix}<{self.uri}>{params}"
 
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
-
-
-def _closing_quote(text: str) -> int:
-    i = 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == '"':
-            return i
-        i += 1
-    raise ValueError(f"unterminated quoted string in {text!r}")

@@ -181,10 +181,14 @@ def test_no_answer_timer_cancels_callee_and_rejects_caller() -> None:
 
 
 def test_no_answer_timeout_per_extension() -> None:
-    core = make_core(routing={
-        "static_routes": [{"prefix": "", "target": "sip:127.0.0.1:5070"}],
-        "extensions": {"bob": {"no_answer_timeout": 2, "no_answer_action": {"code": 486, "reason": "Busy"}}},
-    })
+    core = make_core(
+        routing={
+            "static_routes": [{"prefix": "", "target": "sip:127.0.0.1:5070"}],
+            "extensions": {
+                "bob": {"no_answer_timeout": 2, "no_answer_action": {"code": 486, "reason": "Busy"}}
+            },
+        }
+    )
     wire = Wire(core)
     wire.deliver(invite(), CALLER)
     b_inv = wire.take_one(CALLEE, "INVITE")
@@ -350,7 +354,7 @@ def test_reinvite_hold_is_relayed_and_glare_gets_491() -> None:
 def test_update_is_relayed_both_ways() -> None:
     core = make_core()
     wire = Wire(core)
-    a_inv, b_inv, ok = _establish(wire)
+    a_inv, b_inv, _ = _establish(wire)
     update = in_dialog(
         "UPDATE",
         call_id=b_inv.call_id,

@@ -27,6 +27,7 @@ from pbx_edge.sip.transaction import (
     TransactionLayer,
     TransactionTimeout,
     TransportError,
+    TxState,
 )
 
 UDP_A = Endpoint("UDP", "10.0.0.1", 5060)
@@ -76,7 +77,9 @@ def make_request(
     return Request(headers=Headers(items), body=body, method=method, uri=uri)
 
 
-def make_response(request: Request, status: int, reason: str = "", *, to_tag: str | None = "totag1") -> Response:
+def make_response(
+    request: Request, status: int, reason: str = "", *, to_tag: str | None = "totag1"
+) -> Response:
     headers = Headers()
     for via in request.headers.get_all("Via"):
         headers.add("Via", via)
@@ -105,6 +108,19 @@ def make_2xx_ack(invite: Request, response: Response, *, branch: str | None = No
         ("CSeq", f"{invite.cseq.seq} ACK"),
     ]
     return Request(headers=Headers(items), method="ACK", uri="sip:bob@10.0.0.2:5060")
+
+
+def make_cancel(invite: Request) -> Request:
+    """CANCEL for ``invite`` (RFC 3261 §9.1): same branch, Request-URI, Call-ID, From, To, CSeq number."""
+    items = [
+        ("Via", invite.headers.get("Via") or ""),
+        ("Max-Forwards", "70"),
+        ("From", invite.headers.get("From") or ""),
+        ("To", invite.headers.get("To") or ""),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq.seq} CANCEL"),
+    ]
+    return Request(headers=Headers(items), method="CANCEL", uri=invite.uri)
 
 
 def drain_events(layer: TransactionLayer) -> list[TransactionEvent]:
@@ -140,7 +156,10 @@ class CallRecord:
     uac_timeout: bool = False
     uac_transport_error: bool = False
     server_requests: int = 0  # times the UAS TU saw the request as new
-    uas_acked: int = 0  # 2xx ACKs passed up to the UAS TU
+    uas_acked: int = 0  # ACKs passed up to the UAS TU (tx=None: 2xx ACKs, or strays)
+    uas_cancelled: bool = False  # the UAS TU answered 487 because of a CANCEL
+    cancel_responses: list[int] = field(default_factory=list)
+    cancel_tx: ClientTransaction | None = None
     uas_timeout: bool = False
     acks_sent: int = 0
 
@@ -167,16 +186,24 @@ class Sim:
         settings: TimerSettings | None = None,
         final_status: int = 200,
         provisional: bool = True,
+        answer_delay: float = 0.0,
+        cancel_after: float | None = None,
     ) -> None:
         settings = settings or TimerSettings()
         self.a = Node("A", Endpoint(transport, "10.0.0.1", 5060), TransactionLayer(settings))
         self.b = Node("B", Endpoint(transport, "10.0.0.2", 5060), TransactionLayer(settings))
-        self.loss = {"A": loss if loss_a_to_b is None else loss_a_to_b, "B": loss if loss_b_to_a is None else loss_b_to_a}
+        self.loss = {
+            "A": loss if loss_a_to_b is None else loss_a_to_b,
+            "B": loss if loss_b_to_a is None else loss_b_to_a,
+        }
         self.rng = random.Random(seed)
         self.latency = latency
         self.now = 0.0
         self.final_status = final_status
         self.provisional = provisional
+        self.answer_delay = answer_delay  # UAS: seconds between the 180 and the final response
+        self.cancel_after = cancel_after  # UAC: CANCEL an INVITE with no final response by then
+        self._tu_timers: list[tuple[float, int, Callable[[], None]]] = []
         self.sent = {"A": 0, "B": 0}
         self.dropped = {"A": 0, "B": 0}
         self._flight: list[tuple[float, int, str, bytes]] = []
@@ -190,7 +217,18 @@ class Sim:
         record = CallRecord(request)
         self.calls[request.call_id] = record
         record.client_tx = self.a.layer.send_request(request, self.b.endpoint, self.now)
+        if request.method == "INVITE" and self.cancel_after is not None:
+            self.after(self.cancel_after, lambda: self._maybe_cancel(record))
         return record
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        """A TU timer: run ``action`` at now + delay."""
+        heapq.heappush(self._tu_timers, (self.now + delay, next(self._seq), action))
+
+    def _maybe_cancel(self, record: CallRecord) -> None:
+        if any(status >= 200 for status in record.responses) or record.uac_timeout:
+            return
+        record.cancel_tx = self.a.layer.send_request(make_cancel(record.request), self.b.endpoint, self.now)
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self, until: float = 1e9) -> None:
@@ -200,6 +238,8 @@ class Sim:
             candidates = [t for t in (self.a.layer.get_timer(), self.b.layer.get_timer()) if t is not None]
             if self._flight:
                 candidates.append(self._flight[0][0])
+            if self._tu_timers:
+                candidates.append(self._tu_timers[0][0])
             if not candidates:
                 return
             when = min(candidates)
@@ -213,6 +253,8 @@ class Sim:
                 dst.layer.receive(parse_message(data, stream=dst.endpoint.reliable), src.endpoint, self.now)
             self.a.layer.handle_timer(self.now)
             self.b.layer.handle_timer(self.now)
+            while self._tu_timers and self._tu_timers[0][0] <= self.now:
+                heapq.heappop(self._tu_timers)[2]()
 
     def _flush(self) -> None:
         progress = True
@@ -241,6 +283,9 @@ class Sim:
                 return
             if event.tx is None:
                 self.stray_responses.append(response)
+            elif response.cseq.method == "CANCEL":
+                record.cancel_responses.append(response.status)
+                return
             else:
                 record.responses.append(response.status)
             if record.request.method == "INVITE" and 200 <= response.status < 300:
@@ -248,7 +293,8 @@ class Sim:
                 self.a.layer.send_stateless(ack, self.b.endpoint)
                 record.acks_sent += 1
         elif isinstance(event, TransactionTimeout):
-            self.calls[event.tx.request.call_id].uac_timeout = True
+            if event.tx.request.method != "CANCEL":
+                self.calls[event.tx.request.call_id].uac_timeout = True
         elif isinstance(event, TransportError):
             self.calls[event.tx.request.call_id].uac_transport_error = True
         else:
@@ -265,18 +311,33 @@ class Sim:
                 assert request.method == "ACK"
                 record.uas_acked += 1
                 return
-            record.server_requests += 1
             tx: ServerTransaction = event.tx
+            if request.method == "CANCEL":
+                invite_tx = layer.find_invite_server_tx(request)
+                layer.send_response(tx, make_response(request, 200 if invite_tx else 481), self.now)
+                if invite_tx is not None and invite_tx.state is TxState.PROCEEDING:
+                    layer.send_response(invite_tx, make_response(invite_tx.request, 487), self.now)
+                    record.uas_cancelled = True
+                return
+            record.server_requests += 1
             if request.method == "INVITE":
                 if self.provisional:
                     layer.send_response(tx, make_response(request, 180), self.now)
-                layer.send_response(tx, make_response(request, self.final_status), self.now)
+                final = make_response(request, self.final_status)
+                if self.answer_delay:
+                    self.after(self.answer_delay, lambda: self._answer(tx, final))
+                else:
+                    layer.send_response(tx, final, self.now)
             else:
                 layer.send_response(tx, make_response(request, 200), self.now)
         elif isinstance(event, TransactionTimeout):
             self.calls[event.tx.request.call_id].uas_timeout = True
         else:
             raise AssertionError(f"UAS got {event}")
+
+    def _answer(self, tx: ServerTransaction, final: Response) -> None:
+        if tx.state is TxState.PROCEEDING:
+            self.b.layer.send_response(tx, final, self.now)
 
     # --- checks ----------------------------------------------------------------------------------
     def assert_quiescent(self) -> None:
@@ -288,3 +349,4 @@ class Sim:
             assert not layer._clients and not layer._servers and not layer._accepted and not layer._by_peer
             assert layer.next_event() is None
             assert layer.outgoing() == []
+        assert not self._flight and not self._tu_timers

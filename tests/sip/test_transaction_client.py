@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.message import Request, parse_message
 from pbx_edge.sip.transaction import (
     ClientTransaction,
@@ -20,13 +21,14 @@ from tests.sip.fake_wire import (
     UDP_B,
     FakeClock,
     drain_events,
+    make_cancel,
     make_request,
     make_response,
 )
 
 
 def start(
-    method: str = "INVITE", dest=UDP_B, settings: TimerSettings | None = None, **kw: object
+    method: str = "INVITE", dest: Endpoint = UDP_B, settings: TimerSettings | None = None, **kw: object
 ) -> tuple[TransactionLayer, ClientTransaction, FakeClock, bytes]:
     layer = TransactionLayer(settings or TimerSettings())
     clock = FakeClock()
@@ -85,12 +87,15 @@ def test_invite_provisional_stops_retransmissions_and_timer_b() -> None:
 
 
 def test_invite_2xx_accepted_passes_every_2xx_up_until_timer_m() -> None:
-    layer, tx, clock, wire = start()
+    layer, tx, clock, _wire = start()
     layer.receive(make_response(tx.request, 100), UDP_B, 0.1)
     ok = make_response(tx.request, 200)
     layer.receive(ok, UDP_B, 1.0)
     assert tx.state is TxState.ACCEPTED
-    assert drain_events(layer) == [ResponseReceived(make_response(tx.request, 100), UDP_B, tx), ResponseReceived(ok, UDP_B, tx)]
+    assert drain_events(layer) == [
+        ResponseReceived(make_response(tx.request, 100), UDP_B, tx),
+        ResponseReceived(ok, UDP_B, tx),
+    ]
     assert layer.outgoing() == []  # the TU ACKs a 2xx, not the transaction
     assert layer.get_timer() == pytest.approx(1.0 + 32.0)  # Timer M = 64*T1
     layer.receive(ok, UDP_B, 2.0)  # retransmission: up again, so the TU re-ACKs
@@ -186,11 +191,20 @@ def test_ack_for_non_2xx_field_by_field() -> None:
     assert ack.body == b"" and b"\r\nContent-Length: 0\r\n" in wire
     for absent in ("Contact", "Content-Type", "Authorization"):
         assert ack.headers.get(absent) is None
-    assert [n for n, _ in ack.headers] == ["Via", "Route", "Route", "Max-Forwards", "From", "To", "Call-ID", "CSeq"]
+    assert [n for n, _ in ack.headers] == [
+        "Via",
+        "Route",
+        "Route",
+        "Max-Forwards",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+    ]
 
 
 def test_invite_over_tcp_never_retransmits_and_ends_at_once_after_ack() -> None:
-    layer, tx, clock, _ = start(dest=TCP_B)
+    layer, tx, _clock, _ = start(dest=TCP_B)
     assert tx.reliable
     assert layer.get_timer() == pytest.approx(32.0)  # only Timer B
     layer.receive(make_response(tx.request, 603), TCP_B, 1.0)
@@ -248,7 +262,7 @@ def test_non_invite_final_then_timer_k_absorbs_retransmissions() -> None:
 
 
 def test_non_invite_over_tcp() -> None:
-    layer, tx, clock, _ = start("OPTIONS", dest=TCP_B)
+    layer, tx, _clock, _ = start("OPTIONS", dest=TCP_B)
     assert layer.get_timer() == pytest.approx(32.0)  # Timer F only, no E
     layer.receive(make_response(tx.request, 200), TCP_B, 0.1)
     assert tx.state is TxState.TERMINATED and len(layer) == 0  # Timer K = 0
@@ -283,3 +297,47 @@ def test_response_from_unexpected_source_still_matches() -> None:
     layer, tx, _, _ = start()
     layer.receive(make_response(tx.request, 180), UDP_A, 0.1)  # RFC 3261 matches on branch+method only
     assert drain_events(layer) == [ResponseReceived(make_response(tx.request, 180), UDP_A, tx)]
+
+
+def test_timer_d_covers_timer_h_when_t1_is_raised() -> None:
+    layer, tx, clock, _ = start(settings=TimerSettings(t1=1.0, t2=4.0, t4=5.0))
+    layer.receive(make_response(tx.request, 486), UDP_B, 0.0)
+    assert layer.get_timer() == pytest.approx(64.0)  # max(32 s, 64*T1)
+    clock.advance_to(layer, 63.0)
+    layer.receive(make_response(tx.request, 486), UDP_B, 63.0)  # the server's last Timer G copy
+    assert len(layer.outgoing()) == 2  # first ACK, and the re-sent one
+    assert drain_events(layer) == [ResponseReceived(make_response(tx.request, 486), UDP_B, tx)]  # once
+
+
+def test_cancel_rearms_timer_b_on_a_ringing_invite() -> None:
+    layer, tx, clock, _ = start(branch="z9hG4bK-ring")
+    layer.receive(make_response(tx.request, 180), UDP_B, 0.1)
+    assert layer.get_timer() is None  # ringing: no deadline of the transaction's own
+    layer.send_request(make_cancel(tx.request), UDP_B, 60.0)
+    clock.advance_to(layer, 91.9)
+    assert tx.state is TxState.PROCEEDING
+    clock.advance_to(layer, 92.0)  # 64*T1 after the CANCEL, no final response: give up
+    assert tx.state is TxState.TERMINATED
+    assert [type(e) for e in drain_events(layer)] == [
+        ResponseReceived,
+        TransactionTimeout,
+        TransactionTimeout,
+    ]
+
+
+def test_cancel_sent_while_calling_still_bounds_the_invite() -> None:
+    layer, tx, clock, _ = start(branch="z9hG4bK-early")
+    layer.send_request(make_cancel(tx.request), UDP_B, 10.0)  # too early per §9.1, but be safe
+    layer.receive(make_response(tx.request, 180), UDP_B, 11.0)
+    assert tx.state is TxState.PROCEEDING
+    clock.advance_to(layer, 41.9)
+    assert tx.state is TxState.PROCEEDING
+    clock.advance_to(layer, 42.0)
+    assert tx.state is TxState.TERMINATED and len(layer) == 0
+
+
+def test_cancel_after_the_final_response_changes_nothing() -> None:
+    layer, tx, _clock, _ = start(branch="z9hG4bK-late")
+    layer.receive(make_response(tx.request, 200), UDP_B, 1.0)
+    layer.send_request(make_cancel(tx.request), UDP_B, 2.0)
+    assert tx.state is TxState.ACCEPTED and tx._give_up_at is None

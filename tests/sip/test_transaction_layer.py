@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.message import Headers, Request
 from pbx_edge.sip.transaction import (
     ClientTransaction,
@@ -28,10 +29,12 @@ from tests.sip.fake_wire import (
     make_response,
 )
 
-UDP_C = UDP_A.__class__("UDP", "10.0.0.3", 5060)
+UDP_C = Endpoint("UDP", "10.0.0.3", 5060)
 
 
-def server_tx(layer: TransactionLayer, request: Request, source=UDP_A, now: float = 0.0) -> ServerTransaction:
+def server_tx(
+    layer: TransactionLayer, request: Request, source: Endpoint = UDP_A, now: float = 0.0
+) -> ServerTransaction:
     layer.receive(request, source, now)
     [event] = drain_events(layer)
     assert isinstance(event, RequestReceived) and event.tx is not None
@@ -74,7 +77,9 @@ def test_cancel_lookup_misses() -> None:
     layer = TransactionLayer()
     invite_tx = server_tx(layer, make_request("INVITE", branch="z9hG4bK-m"))
     assert layer.find_invite_server_tx(make_request("CANCEL", branch="z9hG4bK-other")) is None
-    assert layer.find_invite_server_tx(make_request("CANCEL", branch="z9hG4bK-m", sent_by="x.example")) is None
+    assert (
+        layer.find_invite_server_tx(make_request("CANCEL", branch="z9hG4bK-m", sent_by="x.example")) is None
+    )
     no_via = make_request("CANCEL", branch="z9hG4bK-m")
     no_via.headers.remove("Via")
     assert layer.find_invite_server_tx(no_via) is None

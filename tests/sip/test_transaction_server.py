@@ -55,7 +55,7 @@ def sent_times(layer: TransactionLayer, clock: FakeClock, until: float) -> list[
 
 # --- INVITE ---------------------------------------------------------------------------------------
 def test_new_invite_proceeding_and_retransmission_before_any_response_is_absorbed() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     assert tx.state is TxState.PROCEEDING and tx.is_invite and tx.source == UDP_A and tx.owner is None
     assert layer.get_timer() is None and layer.outgoing() == []
     layer.receive(invite, UDP_A, 0.5)
@@ -64,7 +64,7 @@ def test_new_invite_proceeding_and_retransmission_before_any_response_is_absorbe
 
 
 def test_invite_retransmission_resends_last_provisional() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     trying = make_response(invite, 100)
     ringing = make_response(invite, 180)
     layer.send_response(tx, trying, 0.0)
@@ -152,7 +152,7 @@ def test_2xx_never_acked_timer_l_times_out() -> None:
 
 
 def test_ack_reusing_the_invite_branch_still_acknowledges_the_2xx() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     ok = make_response(invite, 200)
     layer.send_response(tx, ok, 0.0)
     ack = non_2xx_ack(invite, ok)  # a broken UA: same branch as the INVITE
@@ -162,7 +162,7 @@ def test_ack_reusing_the_invite_branch_still_acknowledges_the_2xx() -> None:
 
 
 def test_2xx_ack_must_match_dialog_identifiers() -> None:
-    layer, tx, clock, invite = receive(call_id="dlg-1", seq=7)
+    layer, tx, _clock, invite = receive(call_id="dlg-1", seq=7)
     ok = make_response(invite, 200, to_tag="uas-tag")
     layer.send_response(tx, ok, 0.0)
     wrong_tag = make_2xx_ack(invite, make_response(invite, 200, to_tag="other"))
@@ -174,7 +174,7 @@ def test_2xx_ack_must_match_dialog_identifiers() -> None:
 
 
 def test_tu_2xx_retransmission_in_accepted_is_sent_other_responses_discarded() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     ok = make_response(invite, 200)
     layer.send_response(tx, ok, 0.0)
     layer.outgoing()
@@ -186,7 +186,7 @@ def test_tu_2xx_retransmission_in_accepted_is_sent_other_responses_discarded() -
 
 
 def test_responses_after_a_non_2xx_final_are_discarded() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     layer.send_response(tx, make_response(invite, 404), 0.0)
     layer.outgoing()
     layer.send_response(tx, make_response(invite, 200), 0.1)
@@ -195,7 +195,7 @@ def test_responses_after_a_non_2xx_final_are_discarded() -> None:
 
 
 def test_ack_in_proceeding_is_absorbed() -> None:
-    layer, tx, clock, invite = receive()
+    layer, tx, _clock, invite = receive()
     layer.receive(non_2xx_ack(invite, make_response(invite, 486)), UDP_A, 0.1)
     assert drain_events(layer) == [] and tx.state is TxState.PROCEEDING
     assert layer.stats["absorbed"] == 1
@@ -252,13 +252,13 @@ def test_non_invite_trying_absorbs_silently_then_proceeding_and_completed_resend
 
 
 def test_non_invite_final_directly_from_trying() -> None:
-    layer, tx, clock, options = receive("OPTIONS")
+    layer, tx, _clock, options = receive("OPTIONS")
     layer.send_response(tx, make_response(options, 200), 0.0)
     assert tx.state is TxState.COMPLETED
 
 
 def test_non_invite_over_tcp_timer_j_is_zero() -> None:
-    layer, tx, clock, options = receive("OPTIONS", source=TCP_A)
+    layer, tx, _clock, options = receive("OPTIONS", source=TCP_A)
     layer.send_response(tx, make_response(options, 200), 0.0)
     assert len(layer.outgoing()) == 1
     assert tx.state is TxState.TERMINATED and len(layer) == 0 and layer.get_timer() is None
