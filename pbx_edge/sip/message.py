@@ -4,24 +4,31 @@ Theory of operation: a datagram or a framed TCP message is turned into a :class:
 :class:`Response` by :func:`parse_message`. Header names are case-insensitive and compact forms are
 expanded, so ``i:`` and ``CALL-ID:`` both read back as ``Call-ID``. List headers that the stack
 manipulates one element at a time (Via, Route, Record-Route, Contact) are split on top-level commas;
-all other values are kept verbatim and parsed on demand by the typed views in
-:mod:`pbx_edge.sip.headers` and :mod:`pbx_edge.sip.uri`.
+all other values are kept verbatim (folded lines joined by one space) and parsed on demand by the
+typed views in :mod:`pbx_edge.sip.headers` and :mod:`pbx_edge.sip.uri`.
 
 ``Content-Length`` is not stored as a header: it is framing, taken from the body on serialization.
-Thus ``parse_message(bytes(m)) == m`` for every message the stack builds.
+Thus ``parse_message(bytes(m)) == m`` for every message the stack builds, and for every message
+``parse_message`` accepts, ``parse_message(bytes(parse_message(data)))`` equals the first parse.
 
-Errors: :class:`SipParseError` carries a reason phrase for the 400 response and, when the request
-line and the headers needed to answer were readable, the partially parsed request so that the
-transport can answer instead of dropping it.
+Validation on receipt: the headers every layer relies on (Via, From, To, Call-ID, CSeq, Contact,
+Route, Record-Route, Max-Forwards, the Request-URI) must parse, so that a message that gets past
+the parser never makes an accessor raise. Everything else is carried as text and judged, if ever,
+by the layer that reads it (a bad ``Date`` does not fail the message: RFC 4475 §3.1.2.12).
+
+Errors: :class:`SipParseError` carries a reason phrase and a status (400, 505 or 513) and, when
+the request line and the headers needed to answer were readable, the partially parsed request so
+that the transport can answer instead of dropping it. Responses are never answered.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pbx_edge.sip.headers import CSeq, Via, is_valid_method, split_comma_list
-from pbx_edge.sip.uri import Address, SipUri
+from pbx_edge.sip.headers import BRANCH_MAGIC, CSeq, Via, split_list
+from pbx_edge.sip.uri import TOKEN_CHARS, Address, SipUri
 
 MAX_MESSAGE_SIZE = 65535
 SIP_VERSION = "SIP/2.0"
@@ -101,26 +108,64 @@ _CANONICAL = {
         "WWW-Authenticate",
     )
 }
-_SPLIT_HEADERS = frozenset({"via", "route", "record-route", "contact"})
-_REQUIRED_REQUEST_HEADERS = ("call-id", "cseq", "from", "to", "via")
+_SPLIT_HEADERS = frozenset({"Via", "Route", "Record-Route", "Contact"})
+_REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
+_SINGLE = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type")
+# Headers whose values parse_message collects while it reads them, for validation.
+_TRACKED = frozenset({"Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route", "Record-Route"})
+_TRACKED_SINGLE = frozenset({"Max-Forwards", "Content-Type"})
+
+# Spelling as received -> canonical name. Bounded: a peer inventing header names must not grow it.
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 4096
+# Header name as received (with the whitespace before the colon) -> canonical name; "" = not a token.
+_PARSE_NAME_CACHE: dict[str, str] = {}
+
+# Control characters other than HTAB; CR and LF are gone once the lines are split.
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_VERSION_RE = re.compile(r"SIP/[0-9]{1,3}\.[0-9]{1,3}", re.I)
+# Lenient top-Via check for answering an otherwise broken request: sent-protocol and sent-by.
+_VIA_SENT_BY_RE = re.compile(
+    r"SIP[ \t]*/[ \t]*[0-9]+\.[0-9]+[ \t]*/[ \t]*[A-Za-z0-9.!%*_+`'~\-]+[ \t]+[^ \t;,]", re.I
+)
 
 
 def canonical_name(name: str) -> str:
     """``CALL-id`` -> ``Call-ID``; ``i`` -> ``Call-ID``; unknown names keep their spelling."""
-    if len(name) == 1:
-        full = COMPACT_FORMS.get(name.lower())
-        if full is not None:
-            return full
-    return _CANONICAL.get(name.lower(), name)
+    canonical = _NAME_CACHE.get(name)
+    if canonical is not None:
+        return canonical
+    lower = name.lower()
+    canonical = COMPACT_FORMS.get(lower) if len(name) == 1 else None
+    if canonical is None:
+        canonical = _CANONICAL.get(lower, name)
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = canonical
+    return canonical
+
+
+def _parse_header_name(raw: str) -> str:
+    """Canonical name for a header name as received (``"TO "`` -> ``To``); ``""`` if not a token."""
+    name = raw.rstrip(" \t")
+    canonical = canonical_name(name) if name and not name.strip(TOKEN_CHARS) else ""
+    if len(_PARSE_NAME_CACHE) < _NAME_CACHE_MAX:
+        _PARSE_NAME_CACHE[raw] = canonical
+    return canonical
 
 
 class SipParseError(ValueError):
-    """A message could not be parsed. ``reason`` is fit for a 400 reason phrase."""
+    """A message could not be parsed. ``reason`` is fit for a reason phrase.
 
-    def __init__(self, reason: str, partial: Request | None = None) -> None:
+    ``status`` is the response the error calls for: 400, 505 (Version Not Supported) or 513
+    (Message Too Large). ``partial`` is the request as far as it was read, set only when a response
+    can be built from it (Via, From, To, Call-ID and CSeq readable); None means drop silently.
+    """
+
+    def __init__(self, reason: str, partial: Request | None = None, *, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
+        self.status = status
 
 
 class Headers:
@@ -266,23 +311,27 @@ class _Message:
         return tags
 
     def _serialize(self, start_line: str) -> bytes:
-        lines = [start_line]
-        lines.extend(f"{n}: {v}" for n, v in self.headers)
-        lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
+        parts = [start_line, "\r\n"]
+        for name, value in self.headers._items:
+            parts += (name, ": ", value, "\r\n")
+        parts += ("Content-Length: ", str(len(self.body)), "\r\n\r\n")
+        return "".join(parts).encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass(slots=True, eq=True)
 class Request(_Message):
     method: str = "OPTIONS"
     uri: str = ""
+    # The SIP-Version of the request line. Only a received request that is answered 505 has
+    # another; set by the parser, hence not an __init__ argument.
+    version: str = field(default=SIP_VERSION, init=False, repr=False)
 
     @property
     def request_uri(self) -> SipUri:
         return SipUri.parse(self.uri)
 
     def __bytes__(self) -> bytes:
-        return self._serialize(f"{self.method} {self.uri} {SIP_VERSION}")
+        return self._serialize(f"{self.method} {self.uri} {self.version}")
 
 
 @dataclass(slots=True, eq=True)
@@ -298,147 +347,273 @@ Message = Request | Response
 
 
 def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESSAGE_SIZE) -> Message:
-    """Parse one whole message. ``stream=True`` means TCP: Content-Length is mandatory."""
-    if len(data) > max_size:
-        raise SipParseError("Message Too Large")
-    head_end = data.find(b"\r\n\r\n")
-    sep_len = 4
-    if head_end < 0:
-        head_end = data.find(b"\n\n")
-        sep_len = 2
-    if head_end < 0:
-        # A header block with no empty line: accept on UDP when it ends with a line break.
-        if stream or not data.endswith(b"\n"):
-            raise SipParseError("Missing Empty Line After Headers")
-        head_end, sep_len = len(data), 0
-    try:
-        head = data[:head_end].decode("utf-8")
-    except UnicodeDecodeError:
-        head = data[:head_end].decode("utf-8", "surrogateescape")
-    body = data[head_end + sep_len :]
-    lines = _unfold(head)
-    while lines and not lines[0]:
-        lines.pop(0)  # RFC 3261 §7.5: ignore CRLFs before the start line
-    if not lines:
+    """Parse one whole message. ``stream=True`` means TCP: Content-Length is mandatory.
+
+    A datagram (``stream=False``) may omit Content-Length (the body is the rest of the datagram,
+    RFC 3261 §18.3) and may carry octets after the body, which are ignored (RFC 4475 §3.1.1.8).
+    """
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: ignore CRLFs before the start line
+    if not data:
         raise SipParseError("Empty Message")
-    message = _parse_start_line(lines[0])
-    headers = message.headers
-    bad_header: str | None = None
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not name or any(c in name for c in " \t"):
-            bad_header = bad_header or f"Malformed Header Line {line[:40]!r}"
-            continue
-        key = canonical_name(name)
-        value = value.strip()
-        if key.lower() in _SPLIT_HEADERS and value != "*":
-            for item in split_comma_list(value):
-                headers._items.append((key, item))
+    head_end = data.find(b"\r\n\r\n")
+    if head_end >= 0:
+        body_start = head_end + 4
+        lf = data.find(b"\n\n", 0, head_end)  # a header block with bare LF line ends
+        if lf >= 0:
+            head_end, body_start = lf, lf + 2
+    else:
+        head_end = data.find(b"\n\n")
+        if head_end >= 0:
+            body_start = head_end + 2
+        elif stream or not data.endswith(b"\n"):
+            raise SipParseError("Missing Empty Line After Headers")
         else:
-            headers._items.append((key, value))
-    lengths = headers.get_all("Content-Length")
-    headers.remove("Content-Length")
-    message.body = _frame_body(body, lengths, stream)
-    if bad_header is not None:
-        _fail(message, bad_header)
-    _validate(message)
+            # A header block with no empty line: accepted on UDP when it ends with a line break.
+            head_end = body_start = len(data)
+    too_large = len(data) > max_size
+    if too_large and head_end > max_size:
+        raise SipParseError("Message Too Large", status=513)
+    raw_head = data[:head_end]
+    try:
+        head = raw_head.decode("utf-8")
+    except UnicodeDecodeError:
+        head = raw_head.decode("utf-8", "surrogateescape")
+    if "\r" in head:
+        head = head.replace("\r\n", "\n")
+        if head[-1] == "\r":
+            head = head[:-1]  # "\r\n\n" ended the block
+    bad: str | None = None
+    if _CTL_RE.search(head) is not None and not _ctls_quoted(head):
+        bad = "Invalid Character in Header"
+    lines = head.split("\n")
+    if "\n " in head or "\n\t" in head:
+        lines, folded_start = _unfold(lines)
+        if folded_start:
+            bad = bad or "Continuation Line After Start Line"
+    message = _parse_start_line(lines[0])
+    if isinstance(message, str):
+        raise SipParseError(message)
+    start_error: str | None = None
+    status = 400
+    if isinstance(message, Request):
+        start_error = _request_line_error(message)
+        if start_error is not None and message.version.upper() != SIP_VERSION:
+            status = 505
+
+    # --- headers -----------------------------------------------------------------------------
+    items: list[tuple[str, str]] = []
+    seen: dict[str, list[str]] = {}
+    lengths: list[str] = []
+    parse_cache = _PARSE_NAME_CACHE
+    for i in range(1, len(lines)):
+        line = lines[i]
+        name, colon, value = line.partition(":")
+        key = parse_cache.get(name)
+        if key is None:
+            key = _parse_header_name(name)
+        if not key or not colon:
+            bad = bad or f"Malformed Header Line {line[:40]!r}"
+            continue
+        value = value.strip(" \t")
+        if key in _SPLIT_HEADERS:
+            if "," in value and not (key == "Contact" and value == "*"):
+                values = split_list(value)
+                if "" in values:
+                    bad = bad or f"Empty Element in {key} Header"
+                    values = [v for v in values if v]
+                for v in values:
+                    items.append((key, v))
+                (seen.get(key) or seen.setdefault(key, [])).extend(values)
+                continue
+        elif key == "Content-Length":
+            lengths.append(value)
+            continue
+        items.append((key, value))
+        if key in _TRACKED:
+            known = seen.get(key)
+            if known is None:
+                seen[key] = [value]
+            else:
+                known.append(value)
+        elif key in _TRACKED_SINGLE:
+            (seen.get(key) or seen.setdefault(key, [])).append(value)
+    headers = Headers.__new__(Headers)
+    headers._items = items
+    message.headers = headers
+
+    # --- body ----------------------------------------------------------------------------------
+    body = data[body_start:]
+    if too_large:
+        _fail(message, seen, "Message Too Large", 513)
+    if lengths:
+        text = lengths[0]
+        if len(lengths) > 1 and any(v != text for v in lengths):
+            _fail(message, seen, "Conflicting Content-Length")
+        if not (text.isdigit() and text.isascii()) or len(text) > 9:
+            _fail(message, seen, f"Invalid Content-Length {text[:20]!r}")
+        length = int(text)
+        if length > len(body):
+            _fail(message, seen, "Content-Length Exceeds Body")
+        message.body = body[:length] if length < len(body) else body
+    elif stream:
+        _fail(message, seen, "Missing Content-Length")
+    else:
+        message.body = body
+
+    # --- validation ----------------------------------------------------------------------------
+    if start_error is not None:
+        _fail(message, seen, start_error, status)
+    if bad is not None:
+        _fail(message, seen, bad)
+    error = _validate(message, seen)
+    if error is not None:
+        _fail(message, seen, error)
     return message
 
 
-def _unfold(head: str) -> list[str]:
-    lines: list[str] = []
-    for raw in head.replace("\r\n", "\n").split("\n"):
-        if raw[:1] in (" ", "\t") and lines:
-            lines[-1] = lines[-1].rstrip() + " " + raw.strip()
+def _ctls_quoted(head: str) -> bool:
+    """True when every control character is the second half of a quoted-pair (RFC 4475 intmeth)."""
+    for match in _CTL_RE.finditer(head):
+        at = match.start()
+        if at == 0 or head[at - 1] != "\\":
+            return False
+    return True
+
+
+def _unfold(lines: list[str]) -> tuple[list[str], bool]:
+    """Join continuation lines to their header with one SP; True if the start line was continued."""
+    out: list[str] = [lines[0]]
+    folded_start = False
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[:1] in (" ", "\t"):
+            if len(out) == 1:
+                folded_start = True
+                continue
+            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
         else:
-            lines.append(raw.rstrip("\r"))
-    return lines
+            out.append(line)
+    return out, folded_start
 
 
-def _parse_start_line(line: str) -> Message:
-    if line.startswith("SIP/"):
-        parts = line.split(" ", 2)
-        if len(parts) < 2 or parts[0] != SIP_VERSION:
-            raise SipParseError(f"Unsupported Version {parts[0][:20]!r}")
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise SipParseError(f"Invalid Status Code {code[:10]!r}")
-        return Response(headers=Headers(), status=int(code), reason=parts[2] if len(parts) > 2 else "")
-    parts = line.split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise SipParseError("Malformed Request Line")
-    method, uri, version = parts
-    if not is_valid_method(method):
-        raise SipParseError(f"Invalid Method {method[:20]!r}")
-    request = Request(headers=Headers(), method=method, uri=uri)
-    if version.upper() != SIP_VERSION:
-        raise SipParseError(f"Version Not Supported {version[:20]!r}")
+def _parse_start_line(line: str) -> Request | Response | str:
+    """The message the start line begins, or the reason it cannot be answered (drop).
+
+    A request line that is malformed but recognisable (a method, and a SIP-Version at the end)
+    yields a Request whose fields :func:`_request_line_error` then judges, so that a 400 or 505
+    can be answered once the headers are read.
+    """
+    if line[:4].upper() == "SIP/":
+        version, _, rest = line.partition(" ")
+        if version.upper() != SIP_VERSION:
+            return f"Unsupported Version {version[:20]!r}"
+        code, _, reason = rest.partition(" ")
+        if len(code) != 3 or not (code.isdigit() and code.isascii()) or code[0] not in "123456":
+            return f"Invalid Status Code {code[:12]!r}"
+        return Response(headers=Headers(), status=int(code), reason=reason)
+    method, sp, rest = line.partition(" ")
+    if not sp or not method or method.strip(TOKEN_CHARS):
+        return f"Malformed Request Line {line[:40]!r}"
+    uri, _, version = rest.rstrip(" \t").rpartition(" ")
+    if _VERSION_RE.fullmatch(version) is None:
+        return f"Malformed Request Line {line[:40]!r}"
+    request = Request(headers=Headers(), method=method, uri=uri.strip(" \t"))
+    if len(line) != len(method) + len(uri) + len(version) + 2:  # extra SP somewhere
+        request.uri = ""
+    request.version = version
     return request
 
 
-def _frame_body(body: bytes, lengths: list[str], stream: bool) -> bytes:
-    if not lengths:
-        if stream:
-            raise SipParseError("Missing Content-Length")
-        return body
-    if len(set(v.strip() for v in lengths)) > 1:
-        raise SipParseError("Conflicting Content-Length")
-    text = lengths[0].strip()
-    if not text.isdigit() or len(text) > 9:
-        raise SipParseError(f"Invalid Content-Length {text[:20]!r}")
-    length = int(text)
-    if length > len(body):
-        raise SipParseError("Content-Length Exceeds Body")
-    return body[:length]
-
-
-def _fail(message: Message, reason: str) -> None:
-    partial = message if isinstance(message, Request) and _answerable(message) else None
-    raise SipParseError(reason, partial=partial)
-
-
-def _answerable(request: Request) -> bool:
-    """True when a response can be built: Via, From, To, Call-ID and CSeq are all readable."""
+def _request_line_error(request: Request) -> str | None:
+    if request.version.upper() != SIP_VERSION:
+        return "Version Not Supported"
+    uri = request.uri
+    if not uri:
+        return "Malformed Request Line"
     try:
-        request.top_via  # noqa: B018 - parse for validation
-        request.from_addr  # noqa: B018
-        request.to_addr  # noqa: B018
-        request.cseq  # noqa: B018
-    except ValueError:
-        return False
-    return bool(request.call_id)
-
-
-def _validate(message: Message) -> None:
-    headers = message.headers
-    for key in _REQUIRED_REQUEST_HEADERS:
-        if headers.get(key) is None:
-            _fail(message, f"Missing {canonical_name(key)} Header")
-    for key in ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type"):
-        if len(headers.get_all(key)) > 1:
-            _fail(message, f"Duplicate {key} Header")
-    try:
-        cseq = message.cseq
-        for via in headers.get_all("Via"):
-            Via.parse(via)
-        message.from_addr  # noqa: B018
-        message.to_addr  # noqa: B018
-        for value in headers.get_all("Contact"):
-            if value.strip() != "*":
-                Address.parse(value)
-        for name in ("Route", "Record-Route"):
-            for value in headers.get_all(name):
-                Address.parse(value)
-        max_forwards = headers.get("Max-Forwards")
-        if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
-            raise ValueError(f"invalid Max-Forwards {max_forwards!r}")
-        expires = headers.get("Expires")
-        if expires is not None and not expires.isdigit():
-            raise ValueError(f"invalid Expires {expires!r}")
-        if isinstance(message, Request):
-            SipUri.parse(message.uri)
-            if cseq.method != message.method:
-                raise ValueError(f"CSeq method {cseq.method} does not match {message.method}")
+        parsed = SipUri.parse(uri)
     except ValueError as exc:
-        _fail(message, f"Bad Request ({exc})"[:200])
+        return f"Invalid Request-URI ({exc})"
+    if parsed.headers is not None:
+        return "Request-URI Must Not Contain Headers"  # RFC 3261 §19.1.1, table 1
+    return None
+
+
+def _fail(message: Message, seen: dict[str, list[str]], reason: str, status: int = 400) -> None:
+    partial = message if isinstance(message, Request) and _answerable(seen) else None
+    raise SipParseError(_reason_phrase(reason), partial=partial, status=status)
+
+
+def _reason_phrase(text: str) -> str:
+    """At most 200 printable characters: the reason goes verbatim into a status line."""
+    text = text[:200]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _answerable(seen: dict[str, list[str]]) -> bool:
+    """True when a response can be built: Via, From, To, Call-ID and CSeq are present and sane.
+
+    Deliberately lenient (RFC 4475 wants a 400 for a broken To or a huge CSeq number): the top Via
+    needs only a sent-protocol and a sent-by, CSeq only a number and a method. Values carrying
+    control characters are never echoed back.
+    """
+    for key in _REQUIRED:
+        values = seen.get(key)
+        if not values or not values[0] or _CTL_RE.search(values[0]) is not None:
+            return False
+    parts = seen["CSeq"][0].split()
+    if len(parts) != 2 or not (parts[0].isdigit() and parts[0].isascii()):
+        return False
+    return _VIA_SENT_BY_RE.match(seen["Via"][0]) is not None
+
+
+def _validate(message: Message, seen: dict[str, list[str]]) -> str | None:
+    """The reason the message must be rejected, or None. Parses what every layer will read."""
+    for key in _REQUIRED:
+        if key not in seen:
+            return f"Missing {key} Header"
+    for key in _SINGLE:
+        values = seen.get(key)
+        if values is not None and len(values) > 1:
+            return f"Duplicate {key} Header"
+    key = "CSeq"
+    try:
+        cseq = CSeq.parse(seen["CSeq"][0])
+        key = "Via"
+        vias = seen["Via"]
+        top = Via.parse(vias[0])
+        for value in vias[1:]:
+            Via.parse(value)
+        key = "From"
+        Address.parse(seen["From"][0])
+        key = "To"
+        Address.parse(seen["To"][0])
+        contacts = seen.get("Contact")
+        if contacts is not None:
+            key = "Contact"
+            if "*" in contacts:
+                if len(contacts) > 1:
+                    return "Invalid Contact Header (* must be alone)"
+            else:
+                for value in contacts:
+                    Address.parse(value)
+        for key in ("Route", "Record-Route"):
+            for value in seen.get(key, ()):
+                Address.parse(value)
+    except ValueError as exc:
+        return f"Invalid {key} Header ({exc})"
+    call_id = seen["Call-ID"][0]
+    if not call_id or " " in call_id or "\t" in call_id:
+        return "Invalid Call-ID Header"
+    max_forwards = seen.get("Max-Forwards")
+    if max_forwards is not None:
+        text = max_forwards[0]
+        if not (text.isdigit() and text.isascii()) or len(text) > 3 or int(text) > 255:
+            return f"Invalid Max-Forwards Header {text[:20]!r}"
+    if isinstance(message, Request):
+        if cseq.method != message.method:
+            return f"CSeq Method {cseq.method[:20]!r} Does Not Match {message.method[:20]!r}"
+        if top.params.get("branch") == BRANCH_MAGIC:
+            return "Missing Transaction Identifier"  # RFC 4475 §3.2.1: answered statelessly
+    return None
