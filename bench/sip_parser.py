@@ -19,22 +19,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pbx_edge.sip.message import parse_message  # noqa: E402
+from pbx_edge.sip.message import parse_message
 
 SDP = (
-    "v=0\r\n"
-    "o=alice 2890844526 2890844526 IN IP4 192.0.2.10\r\n"
-    "s=-\r\n"
-    "c=IN IP4 192.0.2.10\r\n"
-    "t=0 0\r\n"
-    "m=audio 49170 RTP/AVP 0 8 101\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-    "a=rtpmap:8 PCMA/8000\r\n"
-    "a=rtpmap:101 telephone-event/8000\r\n"
-    "a=fmtp:101 0-16\r\n"
-    "a=ptime:20\r\n"
-    "a=sendrecv\r\n"
-).encode()
+    b"v=0\r\n"
+    b"o=alice 2890844526 2890844526 IN IP4 192.0.2.10\r\n"
+    b"s=-\r\n"
+    b"c=IN IP4 192.0.2.10\r\n"
+    b"t=0 0\r\n"
+    b"m=audio 49170 RTP/AVP 0 8 101\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\n"
+    b"a=rtpmap:8 PCMA/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\n"
+    b"a=fmtp:101 0-16\r\n"
+    b"a=ptime:20\r\n"
+    b"a=sendrecv\r\n"
+)
 
 
 def _message(start: str, headers: list[str], body: bytes) -> bytes:

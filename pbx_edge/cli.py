@@ -21,12 +21,13 @@ def _run_edge(args: argparse.Namespace) -> int:
     )
     from pbx_edge.edge import serve
 
-    try:
-        import uvloop
+    if config.runtime.uvloop:
+        try:
+            import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        pass
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            pass
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -11,6 +11,7 @@ import logging
 import signal
 
 from pbx_edge.b2bua.core import EdgeCore, LocalAddress
+from pbx_edge.gc_policy import GcPolicy
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.transport.tcp import TcpManager
@@ -33,6 +34,8 @@ class EdgeNode:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._stopped = asyncio.Event()
+        runtime = config.runtime
+        self.gc_policy = GcPolicy(runtime.gc_young_interval, runtime.gc_full_interval)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -43,8 +46,10 @@ class EdgeNode:
             else:
                 await self.tcp.listen(listen.host, listen.port)
         self._reschedule()
+        self.gc_policy.start(self._loop)
 
     async def stop(self) -> None:
+        self.gc_policy.stop()
         if self._timer is not None:
             self._timer.cancel()
         await self.tcp.close()

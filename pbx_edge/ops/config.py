@@ -116,9 +116,18 @@ class RoutingConfig(_Strict):
     extensions: dict[str, ExtensionConfig] = Field(default_factory=dict)
 
 
+class RuntimeConfig(_Strict):
+    """Process tuning; see pbx_edge/gc_policy.py for why the GC is driven by a timer."""
+
+    gc_young_interval: float = Field(1.0, gt=0, le=60)
+    gc_full_interval: float = Field(600.0, gt=0)
+    uvloop: bool = True
+
+
 class EdgeConfig(_Strict):
     node_id: str = "edge-1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    runtime: RuntimeConfig = RuntimeConfig()
     sip: SipConfig = SipConfig()
     calls: CallsConfig = CallsConfig()
     routing: RoutingConfig = RoutingConfig()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pbx_edge.sip.uri import TOKEN_CHARS, _params, is_token, join_params, parse_hostport
+from pbx_edge.sip.uri import _HOST_CHARS, TOKEN_CHARS, _params, _port, is_token, join_params, parse_hostport
 
 BRANCH_MAGIC = "z9hG4bK"
 
@@ -30,16 +30,18 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         text = text.strip(" \t")
-        if text[:8].upper() == "SIP/2.0/":
-            transport, sp, rest = text[8:].partition(" ")
-            if not sp or not is_token(transport):
-                return cls._parse_lws(text)
-        else:
+        if text[:8].upper() != "SIP/2.0/":
+            return cls._parse_lws(text)
+        transport, sp, rest = text[8:].partition(" ")
+        if not sp or not transport or transport.strip(TOKEN_CHARS):
             return cls._parse_lws(text)
         sent_by, semi, paramtext = rest.partition(";")
-        host, port = parse_hostport(sent_by)
-        params = _params(paramtext, text) if semi else {}
-        return cls(transport=transport.upper(), host=host, port=port, params=params)
+        host, port_sep, port_text = sent_by.strip(" \t").partition(":")
+        if host and not host.strip(_HOST_CHARS):  # hostname or IPv4: the usual case
+            port = _port(port_text, text) if port_sep else None
+        else:
+            host, port = parse_hostport(sent_by)
+        return cls(transport.upper(), host, port, _params(paramtext, text) if semi else {})
 
     @classmethod
     def _parse_lws(cls, text: str) -> Via:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pbx_edge.sip.headers import BRANCH_MAGIC, CSeq, Via, split_list
 from pbx_edge.sip.uri import TOKEN_CHARS, Address, SipUri
@@ -108,21 +109,30 @@ _CANONICAL = {
         "WWW-Authenticate",
     )
 }
-_SPLIT_HEADERS = frozenset({"Via", "Route", "Record-Route", "Contact"})
+# Canonical names: stored exactly so, hence matched by plain equality.
+_KNOWN_NAMES = frozenset(_CANONICAL.values()) | frozenset(COMPACT_FORMS.values())
 _REQUIRED = ("Via", "From", "To", "Call-ID", "CSeq")
-_SINGLE = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type")
-# Headers whose values parse_message collects while it reads them, for validation.
-_TRACKED = frozenset({"Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route", "Record-Route"})
-_TRACKED_SINGLE = frozenset({"Max-Forwards", "Content-Type"})
+_SINGLE = frozenset({"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Type"})
+# How the header reader treats a name: collected for validation, split on commas, or framing.
+_TRACKED, _LIST, _LENGTH = "tracked", "list", "length"
+_KINDS = {
+    **dict.fromkeys(("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type"), _TRACKED),
+    **dict.fromkeys(("Via", "Route", "Record-Route", "Contact"), _LIST),
+    "Content-Length": _LENGTH,
+}
 
 # Spelling as received -> canonical name. Bounded: a peer inventing header names must not grow it.
 _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 4096
-# Header name as received (with the whitespace before the colon) -> canonical name; "" = not a token.
-_PARSE_NAME_CACHE: dict[str, str] = {}
+# Header name as received (with the whitespace before the colon) -> canonical name ("" when not a
+# token) and kind (see _KINDS).
+_PARSE_NAME_CACHE: dict[str, tuple[str, str | None]] = {}
 
-# Control characters other than HTAB; CR and LF are gone once the lines are split.
-_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters other than HTAB, CR and LF (stray CR/LF are caught by the line split).
+_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# bytes.translate(None, _NOT_CTL) keeps only those control characters: a fast "any CTL?" test.
+_NOT_CTL = bytes(b for b in range(256) if not ((b < 32 and b not in (9, 10, 13)) or b == 127))
+_VERSION_NOT_SUPPORTED = "Version Not Supported"
 _VERSION_RE = re.compile(r"SIP/[0-9]{1,3}\.[0-9]{1,3}", re.I)
 # Lenient top-Via check for answering an otherwise broken request: sent-protocol and sent-by.
 _VIA_SENT_BY_RE = re.compile(
@@ -144,13 +154,14 @@ def canonical_name(name: str) -> str:
     return canonical
 
 
-def _parse_header_name(raw: str) -> str:
-    """Canonical name for a header name as received (``"TO "`` -> ``To``); ``""`` if not a token."""
+def _parse_header_name(raw: str) -> tuple[str, str | None]:
+    """Canonical name and kind for a name as received (``"TO "`` -> ``To``); ``""`` if not a token."""
     name = raw.rstrip(" \t")
     canonical = canonical_name(name) if name and not name.strip(TOKEN_CHARS) else ""
+    entry = (canonical, _KINDS.get(canonical))
     if len(_PARSE_NAME_CACHE) < _NAME_CACHE_MAX:
-        _PARSE_NAME_CACHE[raw] = canonical
-    return canonical
+        _PARSE_NAME_CACHE[raw] = entry
+    return entry
 
 
 class SipParseError(ValueError):
@@ -169,7 +180,11 @@ class SipParseError(ValueError):
 
 
 class Headers:
-    """Ordered, case-insensitive multi-valued header list. Each element is one header field value."""
+    """Ordered, case-insensitive multi-valued header list. Each element is one header field value.
+
+    Names are stored canonical (:func:`canonical_name`); a name the stack does not know keeps the
+    spelling it was added or received with, and is matched case-insensitively.
+    """
 
     __slots__ = ("_items",)
 
@@ -197,14 +212,23 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = canonical_name(name)
-        for n, v in self._items:
-            if n == key:
-                return v
+        if key in _KNOWN_NAMES:
+            for n, v in self._items:
+                if n == key:
+                    return v
+        else:
+            lower = key.lower()
+            for n, v in self._items:
+                if n.lower() == lower:
+                    return v
         return default
 
     def get_all(self, name: str) -> list[str]:
         key = canonical_name(name)
-        return [v for n, v in self._items if n == key]
+        if key in _KNOWN_NAMES:
+            return [v for n, v in self._items if n == key]
+        lower = key.lower()
+        return [v for n, v in self._items if n.lower() == lower]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -215,47 +239,48 @@ class Headers:
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of the same name (or at the top): how Via is pushed."""
         key = canonical_name(name)
-        for i, (n, _) in enumerate(self._items):
-            if n == key:
-                self._items.insert(i, (key, value))
-                return
-        self._items.insert(0, (key, value))
+        positions = _positions(self._items, key)
+        self._items.insert(positions[0] if positions else 0, (key, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` by one, at the position of the first."""
-        key = canonical_name(name)
-        for i, (n, _) in enumerate(self._items):
-            if n == key:
-                self._items[i] = (key, value)
-                self._items = [it for j, it in enumerate(self._items) if j <= i or it[0] != key]
-                return
-        self._items.append((key, value))
+        self.set_all(name, [value])
 
     def set_all(self, name: str, values: list[str]) -> None:
         key = canonical_name(name)
-        out: list[tuple[str, str]] = []
-        placed = False
-        for item in self._items:
-            if item[0] != key:
-                out.append(item)
-            elif not placed:
-                out.extend((key, v) for v in values)
-                placed = True
-        if not placed:
-            out.extend((key, v) for v in values)
-        self._items = out
+        positions = _positions(self._items, key)
+        if not positions:
+            self._items.extend((key, v) for v in values)
+            return
+        first = positions[0]
+        drop = set(positions)
+        items = self._items
+        self._items = [it for i, it in enumerate(items[:first]) if i not in drop]
+        self._items.extend((key, v) for v in values)
+        self._items.extend(it for i, it in enumerate(items[first:], first) if i not in drop)
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name)
-        self._items = [it for it in self._items if it[0] != key]
+        drop = set(_positions(self._items, canonical_name(name)))
+        if drop:
+            self._items = [it for i, it in enumerate(self._items) if i not in drop]
 
     def pop_first(self, name: str) -> str | None:
-        key = canonical_name(name)
-        for i, (n, v) in enumerate(self._items):
-            if n == key:
-                del self._items[i]
-                return v
-        return None
+        positions = _positions(self._items, canonical_name(name))
+        if not positions:
+            return None
+        return self._items.pop(positions[0])[1]
+
+
+def _positions(items: list[tuple[str, str]], key: str) -> list[int]:
+    """Indexes of the items named ``key`` (a canonical name)."""
+    if key in _KNOWN_NAMES:
+        return [i for i, (n, _) in enumerate(items) if n == key]
+    lower = key.lower()
+    return [i for i, (n, _) in enumerate(items) if n.lower() == lower]
+
+
+# Placeholder the start-line parser gives a message until parse_message sets its own Headers.
+_NO_HEADERS = Headers()
 
 
 @dataclass(slots=True, eq=True)
@@ -370,7 +395,8 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
             raise SipParseError("Missing Empty Line After Headers")
         else:
             # A header block with no empty line: accepted on UDP when it ends with a line break.
-            head_end = body_start = len(data)
+            body_start = len(data)
+            head_end = body_start - (2 if data.endswith(b"\r\n") else 1)
     too_large = len(data) > max_size
     if too_large and head_end > max_size:
         raise SipParseError("Message Too Large", status=513)
@@ -379,65 +405,32 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
         head = raw_head.decode("utf-8")
     except UnicodeDecodeError:
         head = raw_head.decode("utf-8", "surrogateescape")
-    if "\r" in head:
-        head = head.replace("\r\n", "\n")
-        if head[-1] == "\r":
-            head = head[:-1]  # "\r\n\n" ended the block
     bad: str | None = None
-    if _CTL_RE.search(head) is not None and not _ctls_quoted(head):
+    lines = head.split("\r\n")
+    breaks = len(lines) - 1
+    if raw_head.count(b"\n") != breaks or raw_head.count(b"\r") != breaks:
+        # Bare LF line ends (tolerated) or a stray CR (not).
+        head = head.replace("\r\n", "\n")
+        if head.endswith("\r"):
+            head = head[:-1]  # "\r\n\n" ended the block
+        if "\r" in head:
+            bad = "Invalid Character in Header"
+        lines = head.split("\n")
+    if raw_head.translate(None, _NOT_CTL) and not _ctls_quoted(head):
         bad = "Invalid Character in Header"
-    lines = head.split("\n")
-    if "\n " in head or "\n\t" in head:
-        lines, folded_start = _unfold(lines)
-        if folded_start:
-            bad = bad or "Continuation Line After Start Line"
     message = _parse_start_line(lines[0])
     if isinstance(message, str):
         raise SipParseError(message)
-    start_error: str | None = None
-    status = 400
-    if isinstance(message, Request):
-        start_error = _request_line_error(message)
-        if start_error is not None and message.version.upper() != SIP_VERSION:
-            status = 505
-
-    # --- headers -----------------------------------------------------------------------------
-    items: list[tuple[str, str]] = []
-    seen: dict[str, list[str]] = {}
-    lengths: list[str] = []
-    parse_cache = _PARSE_NAME_CACHE
-    for i in range(1, len(lines)):
-        line = lines[i]
-        name, colon, value = line.partition(":")
-        key = parse_cache.get(name)
-        if key is None:
-            key = _parse_header_name(name)
-        if not key or not colon:
-            bad = bad or f"Malformed Header Line {line[:40]!r}"
-            continue
-        value = value.strip(" \t")
-        if key in _SPLIT_HEADERS:
-            if "," in value and not (key == "Contact" and value == "*"):
-                values = split_list(value)
-                if "" in values:
-                    bad = bad or f"Empty Element in {key} Header"
-                    values = [v for v in values if v]
-                for v in values:
-                    items.append((key, v))
-                (seen.get(key) or seen.setdefault(key, [])).extend(values)
-                continue
-        elif key == "Content-Length":
-            lengths.append(value)
-            continue
-        items.append((key, value))
-        if key in _TRACKED:
-            known = seen.get(key)
-            if known is None:
-                seen[key] = [value]
-            else:
-                known.append(value)
-        elif key in _TRACKED_SINGLE:
-            (seen.get(key) or seen.setdefault(key, [])).append(value)
+    start_error = _request_line_error(message) if isinstance(message, Request) else None
+    read = _read_headers(lines)
+    if read is None:  # folded lines: join them and read again (rare, so not on the fast path)
+        lines, folded_start = _unfold(lines)
+        if folded_start:
+            bad = bad or "Continuation Line After Start Line"
+        read = _read_headers(lines)
+        assert read is not None
+    items, seen, lengths, header_error = read
+    bad = bad or header_error
     headers = Headers.__new__(Headers)
     headers._items = items
     message.headers = headers
@@ -463,13 +456,61 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
 
     # --- validation ----------------------------------------------------------------------------
     if start_error is not None:
-        _fail(message, seen, start_error, status)
+        _fail(message, seen, start_error, 505 if start_error == _VERSION_NOT_SUPPORTED else 400)
     if bad is not None:
         _fail(message, seen, bad)
     error = _validate(message, seen)
     if error is not None:
         _fail(message, seen, error)
     return message
+
+
+_HeaderRead = tuple[list[tuple[str, str]], dict[str, list[str]], list[str], str | None]
+
+
+def _read_headers(lines: list[str]) -> _HeaderRead | None:
+    """Header items, the values of the validated headers, the Content-Lengths and the first error.
+
+    None when a line continues the previous one (folding): the caller unfolds and reads again.
+    """
+    items: list[tuple[str, str]] = []
+    append = items.append
+    seen: dict[str, list[str]] = {}
+    lengths: list[str] = []
+    bad: str | None = None
+    parse_cache = _PARSE_NAME_CACHE
+    lines_iter = iter(lines)
+    next(lines_iter)  # the start line
+    for line in lines_iter:
+        name, colon, value = line.partition(":")
+        key, kind = parse_cache.get(name) or _parse_header_name(name)
+        if not key or not colon:
+            if line[:1] in (" ", "\t"):
+                return None
+            bad = bad or f"Malformed Header Line {line[:40]!r}"
+            continue
+        value = value.strip(" \t")
+        if kind is None:
+            append((key, value))
+            continue
+        if kind is _LENGTH:
+            lengths.append(value)
+            continue
+        if kind is _LIST and "," in value and not (value == "*" and key == "Contact"):
+            values = split_list(value)
+            if "" in values:
+                bad = bad or f"Empty Element in {key} Header"
+                values = [v for v in values if v]
+            items.extend((key, v) for v in values)
+            (seen.get(key) or seen.setdefault(key, [])).extend(values)
+            continue
+        append((key, value))
+        known = seen.get(key)
+        if known is None:
+            seen[key] = [value]
+        else:
+            known.append(value)
+    return items, seen, lengths, bad
 
 
 def _ctls_quoted(head: str) -> bool:
@@ -485,15 +526,24 @@ def _unfold(lines: list[str]) -> tuple[list[str], bool]:
     """Join continuation lines to their header with one SP; True if the start line was continued."""
     out: list[str] = [lines[0]]
     folded_start = False
+    pieces: list[str] | None = None  # the header being continued, in parts (joined once: linear)
     for i in range(1, len(lines)):
         line = lines[i]
         if line[:1] in (" ", "\t"):
             if len(out) == 1:
                 folded_start = True
-                continue
-            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
-        else:
-            out.append(line)
+            elif pieces is None:
+                pieces = [out[-1].rstrip(" \t"), line.strip(" \t")]
+            else:
+                pieces[-1] = pieces[-1].rstrip(" \t")
+                pieces.append(line.strip(" \t"))
+            continue
+        if pieces is not None:
+            out[-1] = " ".join(pieces)
+            pieces = None
+        out.append(line)
+    if pieces is not None:
+        out[-1] = " ".join(pieces)
     return out, folded_start
 
 
@@ -511,26 +561,28 @@ def _parse_start_line(line: str) -> Request | Response | str:
         code, _, reason = rest.partition(" ")
         if len(code) != 3 or not (code.isdigit() and code.isascii()) or code[0] not in "123456":
             return f"Invalid Status Code {code[:12]!r}"
-        return Response(headers=Headers(), status=int(code), reason=reason)
-    method, sp, rest = line.partition(" ")
-    if not sp or not method or method.strip(TOKEN_CHARS):
+        return Response(_NO_HEADERS, b"", int(code), reason)
+    parts = line.split(" ")
+    if len(parts) == 3 and parts[1] and parts[2]:
+        method, uri, version = parts
+    else:  # extra or missing SP: answerable with a 400 if otherwise recognisable (RFC 4475 §3.1.2.9)
+        method, uri, version = parts[0], "", line.rstrip(" \t").rpartition(" ")[2]
+    if not method or method.strip(TOKEN_CHARS):
         return f"Malformed Request Line {line[:40]!r}"
-    uri, _, version = rest.rstrip(" \t").rpartition(" ")
-    if _VERSION_RE.fullmatch(version) is None:
-        return f"Malformed Request Line {line[:40]!r}"
-    request = Request(headers=Headers(), method=method, uri=uri.strip(" \t"))
-    if len(line) != len(method) + len(uri) + len(version) + 2:  # extra SP somewhere
-        request.uri = ""
-    request.version = version
+    request = Request(_NO_HEADERS, b"", method, uri)
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:  # "sip/2.0" is SIP/2.0
+        if _VERSION_RE.fullmatch(version) is None:
+            return f"Malformed Request Line {line[:40]!r}"
+        request.version = version
     return request
 
 
 def _request_line_error(request: Request) -> str | None:
-    if request.version.upper() != SIP_VERSION:
-        return "Version Not Supported"
     uri = request.uri
     if not uri:
         return "Malformed Request Line"
+    if request.version.upper() != SIP_VERSION:
+        return _VERSION_NOT_SUPPORTED
     try:
         parsed = SipUri.parse(uri)
     except ValueError as exc:
@@ -540,7 +592,7 @@ def _request_line_error(request: Request) -> str | None:
     return None
 
 
-def _fail(message: Message, seen: dict[str, list[str]], reason: str, status: int = 400) -> None:
+def _fail(message: Message, seen: dict[str, list[str]], reason: str, status: int = 400) -> NoReturn:
     partial = message if isinstance(message, Request) and _answerable(seen) else None
     raise SipParseError(_reason_phrase(reason), partial=partial, status=status)
 
@@ -554,28 +606,25 @@ def _reason_phrase(text: str) -> str:
 def _answerable(seen: dict[str, list[str]]) -> bool:
     """True when a response can be built: Via, From, To, Call-ID and CSeq are present and sane.
 
-    Deliberately lenient (RFC 4475 wants a 400 for a broken To or a huge CSeq number): the top Via
-    needs only a sent-protocol and a sent-by, CSeq only a number and a method. Values carrying
-    control characters are never echoed back.
+    Deliberately lenient (RFC 4475 wants a 400 for a broken To or a huge CSeq number): the values
+    are copied verbatim into the response, so only the top Via must be usable (a sent-protocol and
+    a sent-by). Values carrying control characters are never echoed back.
     """
     for key in _REQUIRED:
         values = seen.get(key)
         if not values or not values[0] or _CTL_RE.search(values[0]) is not None:
             return False
-    parts = seen["CSeq"][0].split()
-    if len(parts) != 2 or not (parts[0].isdigit() and parts[0].isascii()):
-        return False
     return _VIA_SENT_BY_RE.match(seen["Via"][0]) is not None
 
 
 def _validate(message: Message, seen: dict[str, list[str]]) -> str | None:
     """The reason the message must be rejected, or None. Parses what every layer will read."""
-    for key in _REQUIRED:
-        if key not in seen:
-            return f"Missing {key} Header"
-    for key in _SINGLE:
-        values = seen.get(key)
-        if values is not None and len(values) > 1:
+    if not ("From" in seen and "To" in seen and "Call-ID" in seen and "CSeq" in seen and seen.get("Via")):
+        for key in _REQUIRED:
+            if not seen.get(key):
+                return f"Missing {key} Header"
+    for key, values in seen.items():
+        if len(values) > 1 and key in _SINGLE:
             return f"Duplicate {key} Header"
     key = "CSeq"
     try:
@@ -583,24 +632,21 @@ def _validate(message: Message, seen: dict[str, list[str]]) -> str | None:
         key = "Via"
         vias = seen["Via"]
         top = Via.parse(vias[0])
-        for value in vias[1:]:
-            Via.parse(value)
+        if len(vias) > 1:
+            for value in vias[1:]:
+                Via.parse(value)
         key = "From"
         Address.parse(seen["From"][0])
         key = "To"
         Address.parse(seen["To"][0])
-        contacts = seen.get("Contact")
-        if contacts is not None:
-            key = "Contact"
-            if "*" in contacts:
-                if len(contacts) > 1:
-                    return "Invalid Contact Header (* must be alone)"
-            else:
-                for value in contacts:
-                    Address.parse(value)
-        for key in ("Route", "Record-Route"):
-            for value in seen.get(key, ()):
+        key = "Contact"
+        for value in seen.get(key, ()):
+            if value != "*":  # where "*" may stand is the registrar's business (RFC 3261 §10.3)
                 Address.parse(value)
+        if "Route" in seen or "Record-Route" in seen:
+            for key in ("Route", "Record-Route"):
+                for value in seen.get(key, ()):
+                    Address.parse(value)
     except ValueError as exc:
         return f"Invalid {key} Header ({exc})"
     call_id = seen["Call-ID"][0]
@@ -609,7 +655,7 @@ def _validate(message: Message, seen: dict[str, list[str]]) -> str | None:
     max_forwards = seen.get("Max-Forwards")
     if max_forwards is not None:
         text = max_forwards[0]
-        if not (text.isdigit() and text.isascii()) or len(text) > 3 or int(text) > 255:
+        if not (text.isdigit() and text.isascii()) or len(text) > 10 or int(text) > 255:
             return f"Invalid Max-Forwards Header {text[:20]!r}"
     if isinstance(message, Request):
         if cseq.method != message.method:

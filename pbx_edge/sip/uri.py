@@ -13,6 +13,7 @@ of ``s`` is in ``CHARS``": ``strip`` eats the whole string exactly when it has n
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -26,21 +27,16 @@ _SCHEME_CHARS = string.ascii_lowercase + string.digits + "+-."
 _HEX = frozenset(string.hexdigits)
 # Characters that never appear unescaped in any part of a URI (and would break the framing of the
 # header that carries it); everything else is accepted, as phones send "#" and worse in user parts.
-_URI_FORBIDDEN = ' \t<>"\\'
-_PARAM_NAME_FORBIDDEN = ' \t<>"=,;?@'
-_PARAM_VALUE_FORBIDDEN = ' \t<>",;\\'
+_URI_FORBIDDEN = re.compile(r'[ \t<>"\\]').search
+_PARAM_NAME_FORBIDDEN = re.compile(r'[ \t<>"=,;?@\\]').search
+_PARAM_VALUE_FORBIDDEN = re.compile(r'[ \t<>",;\\]').search
+# Characters of the usual parameter value (token, host, IPv6 reference): no further check needed.
+_VALUE_CHARS = TOKEN_CHARS + ":[]/&+$@?=()"
 
 
 def is_token(text: str) -> bool:
     """RFC 3261 ``token``: non-empty, only token characters."""
     return bool(text) and not text.strip(TOKEN_CHARS)
-
-
-def _has_any(text: str, chars: str) -> bool:
-    for ch in chars:
-        if ch in text:
-            return True
-    return False
 
 
 def quoted_end(text: str, start: int = 0) -> int:
@@ -86,25 +82,32 @@ def _split_quoted(text: str, sep: str) -> list[str]:
 
 
 def _params(text: str, source: str) -> dict[str, str | None]:
-    """Parameters from the text after the first ``;``: every ``;``-separated part must be a parameter."""
+    """Parameters from the text after the first ``;``: every ``;``-separated part must be a parameter.
+
+    The usual name (a token) and value (token or host) pass the ``strip`` tests without further
+    work; anything else gets the LWS trimmed and the lenient checks.
+    """
     params: dict[str, str | None] = {}
-    parts = _split_quoted(text, ";") if '"' in text else text.split(";")
-    for part in parts:
+    for part in _split_quoted(text, ";") if '"' in text else text.split(";"):
         name, sep, value = part.partition("=")
-        name = name.strip(" \t")
-        if not name:
+        if name.strip(TOKEN_CHARS):
+            name = name.strip(" \t")
+            if not name:
+                raise ValueError(f"empty parameter in {source!r}")
+            if _PARAM_NAME_FORBIDDEN(name):  # URI pnames may hold "[]/:&+$" as well
+                raise ValueError(f"invalid parameter name {name!r} in {source!r}")
+        elif not name:
             raise ValueError(f"empty parameter in {source!r}")
-        if _has_any(name, _PARAM_NAME_FORBIDDEN):
-            raise ValueError(f"invalid parameter name {name!r} in {source!r}")
         if not sep:
             params[name.lower()] = None
             continue
-        value = value.strip(" \t")
-        if value[:1] == '"':
-            if quoted_end(value) != len(value) - 1:
-                raise ValueError(f"text after quoted parameter value in {source!r}")
-        elif _has_any(value, _PARAM_VALUE_FORBIDDEN):
-            raise ValueError(f"invalid value for parameter {name!r} in {source!r}")
+        if value.strip(_VALUE_CHARS):
+            value = value.strip(" \t")
+            if value[:1] == '"':
+                if quoted_end(value) != len(value) - 1:
+                    raise ValueError(f"text after quoted parameter value in {source!r}")
+            elif _PARAM_VALUE_FORBIDDEN(value):
+                raise ValueError(f"invalid value for parameter {name!r} in {source!r}")
         params[name.lower()] = value
     return params
 
@@ -173,18 +176,23 @@ class SipUri:
     @classmethod
     def parse(cls, text: str) -> SipUri:
         text = text.strip(" \t")
-        colon = text.find(":")
-        if colon <= 0:
-            raise ValueError(f"URI without scheme: {text!r}")
-        scheme = text[:colon].lower()
-        rest = text[colon + 1 :]
-        if scheme != "sip" and scheme != "sips":
-            if not scheme[0].isalpha() or scheme.strip(_SCHEME_CHARS):
-                raise ValueError(f"invalid URI scheme {text[:colon]!r}")
-            if not rest or _has_any(rest, _URI_FORBIDDEN):
-                raise ValueError(f"invalid {scheme} URI {text!r}")
-            return cls(scheme=scheme, opaque=rest)
-        if _has_any(rest, _URI_FORBIDDEN):
+        if text[:4] == "sip:":
+            scheme, rest = "sip", text[4:]
+        elif text[:5] == "sips:":
+            scheme, rest = "sips", text[5:]
+        else:
+            colon = text.find(":")
+            if colon <= 0:
+                raise ValueError(f"URI without scheme: {text!r}")
+            scheme = text[:colon].lower()
+            rest = text[colon + 1 :]
+            if scheme != "sip" and scheme != "sips":
+                if not scheme[0].isalpha() or scheme.strip(_SCHEME_CHARS):
+                    raise ValueError(f"invalid URI scheme {text[:colon]!r}")
+                if not rest or _URI_FORBIDDEN(rest):
+                    raise ValueError(f"invalid {scheme} URI {text!r}")
+                return cls(scheme, None, None, "", None, {}, None, rest)
+        if _URI_FORBIDDEN(rest):
             raise ValueError(f"invalid character in {text!r}")
         # An unescaped "@" can only end the userinfo: user, password, host, parameters and
         # headers all exclude it, while the user part may hold ";", "?" and "/" (RFC 3261 §25.1).
@@ -198,18 +206,23 @@ class SipUri:
                 raise ValueError(f"empty user part in {text!r}")
             if "%" in userinfo:
                 _check_escapes(userinfo, text)
-            password = pw if psep else None
+            if psep:
+                password = pw
         hostpart, qsep, uri_headers = rest.partition("?")
         hostport, semi, paramtext = hostpart.partition(";")
-        host, port = parse_hostport(hostport)
+        host, port_sep, port_text = hostport.partition(":")
+        if host and not host.strip(_HOST_CHARS):  # hostname or IPv4: the usual case
+            port = _port(port_text, text) if port_sep else None
+        else:
+            host, port = parse_hostport(hostport)
         return cls(
-            scheme=scheme,
-            user=user,
-            password=password,
-            host=host,
-            port=port,
-            params=_params(paramtext, text) if semi else {},
-            headers=uri_headers if qsep else None,
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            _params(paramtext, text) if semi else {},
+            uri_headers if qsep else None,
         )
 
     def __str__(self) -> str:
@@ -247,11 +260,16 @@ class SipUri:
         return f"{self.scheme}:{user}@{self.host.lower()}"
 
 
+def _utf8_tokens(text: str) -> bool:
+    """Tokens and LWS, with non-ASCII letters tolerated (``J\u00fcrgen <sip:...>``, sent unquoted)."""
+    return not text.isascii() and all(ch in _TOKEN_LWS or ch > "\x7f" for ch in text)
+
+
 def _check_escapes(text: str, source: str) -> None:
     """Every ``%`` in a user part must start an ``escaped`` (``%`` HEXDIG HEXDIG)."""
     i = text.find("%")
     while i >= 0:
-        if text[i + 1 : i + 2] not in _HEX or text[i + 2 : i + 3] not in _HEX or i + 3 > len(text):
+        if text[i + 1 : i + 2] not in _HEX or text[i + 2 : i + 3] not in _HEX:
             raise ValueError(f"invalid escape in {source!r}")
         i = text.find("%", i + 3)
 
@@ -277,17 +295,15 @@ class Address:
         elif first == '"':
             end = quoted_end(text)
             display = text[: end + 1]
-            lt = end + 1
-            while text[lt : lt + 1] in (" ", "\t"):
-                lt += 1
-            if text[lt : lt + 1] != "<":
+            lt = text.find("<", end + 1)
+            if lt < 0 or (lt > end + 1 and text[end + 1 : lt].strip(" \t")):
                 raise ValueError(f"quoted display name without <uri> in {text!r}")
         else:
             lt = text.find("<")
             if lt < 0:
                 return cls._parse_addr_spec(text)
             token = text[:lt].strip(" \t")
-            if token.strip(_TOKEN_LWS):
+            if token.strip(_TOKEN_LWS) and not _utf8_tokens(token):
                 raise ValueError(f"invalid display name in {text!r}")
             display = token or None
         gt = text.find(">", lt)
@@ -297,12 +313,12 @@ class Address:
         if not inner or " " in inner or "\t" in inner or "<" in inner:
             raise ValueError(f"whitespace or '<' inside <uri> in {text!r}")
         uri = SipUri.parse(inner)
-        tail = text[gt + 1 :].strip(" \t")
+        tail = text[gt + 1 :].lstrip(" \t")
         if not tail:
-            return cls(uri=uri, display=display, params={}, bracketed=True)
+            return cls(uri, display, {}, True)
         if tail[0] != ";":
             raise ValueError(f"unexpected text after <uri> in {text!r}")
-        return cls(uri=uri, display=display, params=_params(tail[1:], text), bracketed=True)
+        return cls(uri, display, _params(tail[1:], text), True)
 
     @classmethod
     def _parse_addr_spec(cls, text: str) -> Address:

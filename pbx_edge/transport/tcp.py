@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.framing import StreamFramer
@@ -26,8 +27,7 @@ class TcpConnection(asyncio.Protocol):
         self.peer: Endpoint | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Endpoint("TCP", str(host), int(port))
         self.manager.connections[self.peer] = self

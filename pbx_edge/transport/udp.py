@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from pbx_edge.sip.endpoint import Endpoint
 
@@ -17,8 +18,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.send_errors = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.deliver(data, Endpoint("UDP", str(addr[0]), int(addr[1])))

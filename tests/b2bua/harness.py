@@ -8,7 +8,7 @@ from typing import Any
 from pbx_edge.b2bua.core import EdgeCore, LocalAddress
 from pbx_edge.ops.config import parse_config
 from pbx_edge.sip.endpoint import Endpoint
-from pbx_edge.sip.message import Request, Response, parse_message
+from pbx_edge.sip.message import Request, Response, SipParseError, parse_message
 
 EDGE = Endpoint("UDP", "127.0.0.1", 5060)
 CALLER = Endpoint("UDP", "127.0.0.1", 5062)
@@ -18,6 +18,17 @@ SDP = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     b"m=audio 6000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
 )
+
+
+def _parse_sent(data: bytes, dest: Endpoint) -> Request | Response:
+    """Parse what the core sent. A 400 to a broken request echoes its broken headers (RFC 3261
+    §8.2.6 says copy them), so such a response is read by its status line alone."""
+    try:
+        return parse_message(data, stream=dest.reliable)
+    except SipParseError:
+        version, code, reason = data.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        assert version == "SIP/2.0", data[:80]
+        return Response(status=int(code), reason=reason)
 
 
 def make_core(**overrides: Any) -> EdgeCore:
@@ -58,7 +69,7 @@ class Wire:
 
     def _collect(self) -> None:
         for data, dest in self.core.outgoing():
-            self.sent.setdefault(dest, []).append(parse_message(data, stream=dest.reliable))
+            self.sent.setdefault(dest, []).append(_parse_sent(data, dest))
 
     def take(self, dest: Endpoint) -> list[Request | Response]:
         return self.sent.pop(dest, [])
