@@ -351,7 +351,8 @@ class CallFlows:
         pending = call.unacked_reliable.get(ours)
         if pending is None or call.a_final_sent:
             return
-        if now - pending.sent_at >= 64 * self.settings.t1:
+        give_up_at = pending.sent_at + 64 * self.settings.t1
+        if now >= give_up_at:
             del call.unacked_reliable[ours]
             out = make_response(
                 call.a_invite_tx.request,
@@ -363,8 +364,8 @@ class CallFlows:
             self._abandon_callee(call, EndReason.TIMEOUT, now)
             return
         self.tx.send_response(call.a_invite_tx, pending.response, now)
-        pending.interval = min(pending.interval * 2, self.settings.t2 * 8)
-        self.timers.schedule((call.id, "rel1xx", ours), now + pending.interval)
+        pending.interval *= 2  # RFC 3262 §3: T1, doubling, until 64*T1
+        self.timers.schedule((call.id, "rel1xx", ours), min(now + pending.interval, give_up_at))
 
     def _on_prack(self, call: Call, leg: Leg, req: Request, tx: ServerTransaction, now: float) -> None:
         rack = (req.headers.get("RAck") or "").split()

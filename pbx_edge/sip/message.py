@@ -121,9 +121,11 @@ _KINDS = {
     "Content-Length": _LENGTH,
 }
 
-# Spelling as received -> canonical name. Bounded: a peer inventing header names must not grow it.
+# Spelling as received -> canonical name. Bounded in entries and key length: a peer inventing header
+# names (or sending a 60 kB line without a colon) must not grow it.
 _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 4096
+_NAME_CACHE_KEY_MAX = 64
 # Header name as received (with the whitespace before the colon) -> canonical name ("" when not a
 # token) and kind (see _KINDS).
 _PARSE_NAME_CACHE: dict[str, tuple[str, str | None]] = {}
@@ -149,7 +151,7 @@ def canonical_name(name: str) -> str:
     canonical = COMPACT_FORMS.get(lower) if len(name) == 1 else None
     if canonical is None:
         canonical = _CANONICAL.get(lower, name)
-    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX and len(name) <= _NAME_CACHE_KEY_MAX:
         _NAME_CACHE[name] = canonical
     return canonical
 
@@ -159,7 +161,7 @@ def _parse_header_name(raw: str) -> tuple[str, str | None]:
     name = raw.rstrip(" \t")
     canonical = canonical_name(name) if name and not name.strip(TOKEN_CHARS) else ""
     entry = (canonical, _KINDS.get(canonical))
-    if len(_PARSE_NAME_CACHE) < _NAME_CACHE_MAX:
+    if len(_PARSE_NAME_CACHE) < _NAME_CACHE_MAX and len(raw) <= _NAME_CACHE_KEY_MAX:
         _PARSE_NAME_CACHE[raw] = entry
     return entry
 
@@ -381,22 +383,20 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
         data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: ignore CRLFs before the start line
     if not data:
         raise SipParseError("Empty Message")
-    head_end = data.find(b"\r\n\r\n")
-    if head_end >= 0:
-        body_start = head_end + 4
-        lf = data.find(b"\n\n", 0, head_end)  # a header block with bare LF line ends
-        if lf >= 0:
-            head_end, body_start = lf, lf + 2
+    # The header block ends at the first LF followed by an empty line: CRLF CRLF as RFC 3261 has
+    # it, or any mix with bare LFs, which are tolerated as line ends.
+    end = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n", 0, len(data) if end < 0 else end + 1)
+    if lf >= 0:
+        end, body_start = lf, lf + 2
+    elif end >= 0:
+        body_start = end + 3
+    elif stream or not data.endswith(b"\n"):
+        raise SipParseError("Missing Empty Line After Headers")
     else:
-        head_end = data.find(b"\n\n")
-        if head_end >= 0:
-            body_start = head_end + 2
-        elif stream or not data.endswith(b"\n"):
-            raise SipParseError("Missing Empty Line After Headers")
-        else:
-            # A header block with no empty line: accepted on UDP when it ends with a line break.
-            body_start = len(data)
-            head_end = body_start - (2 if data.endswith(b"\r\n") else 1)
+        # A header block with no empty line: accepted on UDP when it ends with a line break.
+        end, body_start = len(data) - 1, len(data)
+    head_end = end - 1 if end and data[end - 1] == 13 else end  # without the CR of the last line
     too_large = len(data) > max_size
     if too_large and head_end > max_size:
         raise SipParseError("Message Too Large", status=513)
@@ -411,8 +411,6 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
     if raw_head.count(b"\n") != breaks or raw_head.count(b"\r") != breaks:
         # Bare LF line ends (tolerated) or a stray CR (not).
         head = head.replace("\r\n", "\n")
-        if head.endswith("\r"):
-            head = head[:-1]  # "\r\n\n" ended the block
         if "\r" in head:
             bad = "Invalid Character in Header"
         lines = head.split("\n")
@@ -427,8 +425,7 @@ def parse_message(data: bytes, *, stream: bool = False, max_size: int = MAX_MESS
         lines, folded_start = _unfold(lines)
         if folded_start:
             bad = bad or "Continuation Line After Start Line"
-        read = _read_headers(lines)
-        assert read is not None
+        read = _read_headers(lines) or ([], {}, [], "Malformed Header Folding")  # (cannot happen)
     items, seen, lengths, header_error = read
     bad = bad or header_error
     headers = Headers.__new__(Headers)
@@ -539,11 +536,11 @@ def _unfold(lines: list[str]) -> tuple[list[str], bool]:
                 pieces.append(line.strip(" \t"))
             continue
         if pieces is not None:
-            out[-1] = " ".join(pieces)
+            out[-1] = " ".join(pieces).lstrip(" \t")  # (lstrip: a fold of an empty line)
             pieces = None
         out.append(line)
     if pieces is not None:
-        out[-1] = " ".join(pieces)
+        out[-1] = " ".join(pieces).lstrip(" \t")
     return out, folded_start
 
 

@@ -6,9 +6,10 @@ malformed URI raises :class:`ValueError` with the reason, which the message laye
 relayed through the edge is byte-for-byte what the peer sent, apart from the headers we rewrite;
 parameter *names* are case-insensitive and stored lower-case.
 
-The parsers are on the hot path (every message is validated on receipt), so they use ``str``
-methods rather than regular expressions. ``not s.strip(CHARS)`` is the idiom for "every character
-of ``s`` is in ``CHARS``": ``strip`` eats the whole string exactly when it has no other character.
+The parsers are on the hot path (every message is validated on receipt), so the usual cases take
+``str`` methods only; regular expressions merely scan for forbidden characters. ``not s.strip(CHARS)``
+is the idiom for "every character of ``s`` is in ``CHARS``": ``strip`` eats the whole string
+exactly when it has no other character.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ class Address:
                 raise ValueError(f"quoted display name without <uri> in {text!r}")
         else:
             lt = text.find("<")
-            if lt < 0:
+            if lt < 0 or text.find(";", 0, lt) >= 0:  # no display name holds ";": an addr-spec
                 return cls._parse_addr_spec(text)
             token = text[:lt].strip(" \t")
             if token.strip(_TOKEN_LWS) and not _utf8_tokens(token):

@@ -111,6 +111,17 @@ def test_headers_api() -> None:
     assert "a" in repr(Headers([("a", "1")]))
 
 
+def test_name_caches_stay_small() -> None:
+    from pbx_edge.sip import message
+
+    for i in range(50):
+        with pytest.raises(SipParseError):
+            parse_message(invite("x" * 5000 + str(i)))  # a long line without a colon
+        parse_message(invite(f"X-Invented-{i}-{'y' * 80}: 1"))
+    assert all(len(name) <= 64 for name in message._PARSE_NAME_CACHE)
+    assert all(len(name) <= 64 for name in message._NAME_CACHE)
+
+
 # --- round trips ------------------------------------------------------------------------------
 
 
@@ -226,6 +237,19 @@ def test_bare_lf_line_ends_are_tolerated() -> None:
     assert parse_request(mixed).call_id == "c1@192.0.2.1"
     stray_cr = invite().replace(b"\r\nCall-ID", b"\rCall-ID")
     assert error(stray_cr).reason == "Invalid Character in Header"
+
+
+@pytest.mark.parametrize("terminator", [b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n"])
+def test_every_mix_of_crlf_and_lf_ends_the_header_block(terminator: bytes) -> None:
+    head = wire(*BASE, length=False)[:-4]
+    request = parse_request(head + terminator + b"body\r\n\r\nmore")
+    assert request.body == b"body\r\n\r\nmore" and request.call_id == "c1@192.0.2.1"
+
+
+def test_continuation_after_an_lf_then_crlf_is_the_body() -> None:
+    """Found by atheris: ``\n\r\n`` ends the block, so a folded line after it is body."""
+    data = wire(*BASE, length=False)[:-4] + b"\nX-A: 1\n\r\n RTP/AVP 0\n"
+    assert parse_request(data).body == b" RTP/AVP 0\n"
 
 
 def test_header_block_without_empty_line() -> None:

@@ -174,6 +174,8 @@ def test_token_and_quoted_string_helpers() -> None:
          {"unknownparam": None}, False),
         ("<urn:service:sos>", None, "urn:service:sos", {}, True),
         ("isbn:2983792873", None, "isbn:2983792873", {}, False),
+        ('sip:0;0="<"', None, "sip:0", {"0": '"<"'}, False),
+        ('sip:a@h;p="x <sip:b@h>"', None, "sip:a@h", {"p": '"x <sip:b@h>"'}, False),
     ],
 )  # fmt: skip
 def test_address_forms(
