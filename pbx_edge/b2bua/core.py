@@ -101,7 +101,7 @@ class EdgeCore(CallFlows):
         except SipParseError as exc:
             self.stats["parse_errors"] += 1
             if exc.partial is not None and exc.partial.method != "ACK":
-                reply = make_response(exc.partial, 400, exc.reason)
+                reply = make_response(exc.partial, exc.status, exc.reason)
                 self.tx.send_stateless(reply, source)
             else:
                 self.stats["dropped"] += 1
@@ -201,6 +201,8 @@ class EdgeCore(CallFlows):
         if problem is not None:
             status, reason = problem
             reply = make_response(req, status, reason)
+            if status == 415:
+                reply.headers.add("Accept", ACCEPT)
             if status == 420:
                 unsupported = sorted(req.option_tags("Require") - self.supported)
                 reply.headers.add("Unsupported", ", ".join(unsupported))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import cast
 
 from pbx_edge.sip.endpoint import Endpoint
-from pbx_edge.sip.framing import StreamFramer
+from pbx_edge.sip.framing import PONG, StreamFramer
 from pbx_edge.sip.message import SipParseError
 
 Deliver = Callable[[bytes, Endpoint], None]
@@ -34,13 +34,19 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None
+        framer = self.framer
+        pings = framer.pings_received
         try:
-            messages = self.framer.feed(data)
+            messages = framer.feed(data)
         except SipParseError:
             self.close()  # the stream cannot be re-synchronised
             return
+        for _ in range(framer.pings_received - pings):
+            self.send(PONG)  # RFC 5626 §4.4.1: answer a CRLFCRLF keep-alive with CRLF
         for message in messages:
             self.manager.deliver(message, self.peer)
+        if framer.error is not None:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.manager.connections.get(self.peer) is self:

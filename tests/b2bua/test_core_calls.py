@@ -295,7 +295,7 @@ def test_malformed_request_gets_400_and_garbage_is_dropped() -> None:
     bad = wire.take_one(CALLER, "400")
     assert isinstance(bad, Response) and bad.reason
     wire.deliver(b"\x00\xffnot sip at all\r\n\r\n", CALLER)
-    assert CALLER not in wire.sent
+    assert not wire.sent.get(CALLER)
     assert core.stats["parse_errors"] == 2
 
 

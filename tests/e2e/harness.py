@@ -538,6 +538,49 @@ class SippResult:
                 found.append(body.strip())
         return found
 
+    def dialogs(self) -> dict[str, list[tuple[str, str, str]]]:
+        """Traced messages grouped by Call-ID: (``sent``/``received``, start line, CSeq method)."""
+        calls: dict[str, list[tuple[str, str, str]]] = {}
+        for block in self.messages().split("\n-----------------------------------------------"):
+            head, _, body = block.partition("\n\n")
+            lines = head.strip().splitlines()
+            if not lines or " message " not in lines[-1]:
+                continue
+            direction = "sent" if "message sent" in lines[-1] else "received"
+            headers = body.strip().splitlines()
+            if not headers:
+                continue
+            call_id = method = ""
+            for line in headers[1:]:
+                name, _, value = line.partition(":")
+                key = name.strip().lower()
+                if key in ("call-id", "i"):
+                    call_id = value.strip()
+                elif key == "cseq":
+                    method = value.split()[-1] if value.split() else ""
+                elif not line.strip():
+                    break
+            if call_id:
+                calls.setdefault(call_id, []).append((direction, headers[0].strip(), method))
+        return calls
+
+    def completed_callee_dialogs(self) -> int:
+        """Calls in which this UAS answered an INVITE with a 2xx and a BYE with a 2xx (from its trace)."""
+        done = 0
+        for events in self.dialogs().values():
+            seen = {
+                (d, line.split()[1][0] if line.startswith("SIP/2.0") else line.split()[0], m)
+                for d, line, m in events
+            }
+            if {
+                ("received", "INVITE", "INVITE"),
+                ("sent", "2", "INVITE"),
+                ("received", "BYE", "BYE"),
+                ("sent", "2", "BYE"),
+            } <= seen:
+                done += 1
+        return done
+
     def response_times_ms(self, rtd: str | None = None) -> list[float]:
         """Per-call response times from ``-trace_rtt`` files (optionally one named rtd only)."""
         values: list[float] = []

@@ -27,6 +27,7 @@ import contextlib
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -150,7 +151,9 @@ class UdpPipe:
     """Relays datagrams between a left and a right peer through two sockets, lossily.
 
     ``left_peer`` may be None (or change): with ``learn_left=True`` the pipe sends right-to-left
-    traffic to whoever last sent on the left socket. The right peer is fixed.
+    traffic to whoever last sent on the left socket. The right peer is fixed. ``tap``, when given,
+    sees every datagram as it arrives: ``tap(direction, data, time.perf_counter_ns())`` with
+    direction ``"l2r"`` or ``"r2l"`` (the signalling benchmark timestamps SIP messages this way).
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class UdpPipe:
         left_port: int = 0,
         right_port: int = 0,
         name: str = "pipe",
+        tap: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         self.name = name
+        self._tap = tap
         self.right_peer = right_peer
         self.left_peer = left_peer
         self._learn_left = learn_left
@@ -210,12 +215,16 @@ class UdpPipe:
         self._left, self._right = left, right
 
     def _from_left(self, data: bytes, addr: Addr) -> None:
+        if self._tap is not None:
+            self._tap("l2r", data, time.perf_counter_ns())
         if self._learn_left or self.left_peer is None:
             self.left_peer = addr
         assert self._loop is not None and self._right is not None
         self._l2r.relay(self._loop, self._right, data, self.right_peer)
 
     def _from_right(self, data: bytes, addr: Addr) -> None:
+        if self._tap is not None:
+            self._tap("r2l", data, time.perf_counter_ns())
         assert self._loop is not None and self._left is not None
         if self.left_peer is None:
             self.stats.right_to_left.received += 1

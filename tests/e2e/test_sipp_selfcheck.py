@@ -78,7 +78,9 @@ def test_register_against_stub_registrar(e2e: E2E) -> None:
 
 def test_tcp_basic_call(e2e: E2E) -> None:
     server = e2e.start_uas("uas_basic.xml", calls=3, transport="tcp", timeout_s=30)
-    result = e2e.run_uac("uac_basic.xml", server.addr, calls=3, transport="tcp", duration_ms=200, timeout_s=30)
+    result = e2e.run_uac(
+        "uac_basic.xml", server.addr, calls=3, transport="tcp", duration_ms=200, timeout_s=30
+    )
     expect_calls(result, 3, "TCP caller")
     callee = e2e.finish_uas(server)
     # SIPp UAS aborts (and counts as failed) a call still in its 2 s timewait when the caller closes

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Fresh-machine setup for SmartPBX, safe to run again: it only does what is missing.
+#   1. system packages: SIPp (Debian/Ubuntu package sip-tester) for the end-to-end tests and the
+#      signalling benchmark, and the venv module if the chosen Python lacks it;
+#   2. .venv with Python 3.11 or newer (PYTHON=/path/to/python to choose one);
+#   3. the project installed editable with its dev extras, again only when pyproject.toml changed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.smartpbx-install-stamp"
+
+step() { printf '\n==> [%s] %s\n' "$1" "$2"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        info "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        APT_UPDATED=1
+    fi
+    info "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# ---------------------------------------------------------------------------------------- 1. SIPp
+step 1/3 "system packages"
+if command -v sipp >/dev/null 2>&1; then
+    info "sipp present: $(command -v sipp) ($(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n1))"
+elif apt_install sip-tester; then
+    info "sipp installed: $(command -v sipp)"
+else
+    info "WARNING: no apt-get here; install SIPp by hand (the SIPp tests will be skipped without it)"
+fi
+
+# -------------------------------------------------------------------------------------- 2. Python
+step 2/3 "Python virtual environment (.venv, Python >= 3.11)"
+py_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; }
+
+if [ -x "$VENV/bin/python" ] && py_ok "$VENV/bin/python"; then
+    info "reusing $VENV ($("$VENV/bin/python" -V 2>&1))"
+else
+    PY=""
+    for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && py_ok "$(command -v "$candidate")"; then
+            PY="$(command -v "$candidate")"
+            break
+        fi
+    done
+    if [ -z "$PY" ]; then
+        info "no Python >= 3.11 found; trying the system package"
+        apt_install python3 python3-venv || die "install Python 3.11 or newer and run again (or set PYTHON=...)"
+        PY="$(command -v python3)"
+        py_ok "$PY" || die "$PY is older than 3.11; set PYTHON=/path/to/python3.11+"
+    fi
+    if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        minor="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        info "$PY has no venv/ensurepip module; installing python${minor}-venv"
+        apt_install "python${minor}-venv" || apt_install python3-venv || die "install the venv module for $PY"
+    fi
+    [ -e "$VENV" ] && { info "removing unusable $VENV"; rm -rf "$VENV"; }
+    info "creating $VENV with $PY ($("$PY" -V 2>&1))"
+    "$PY" -m venv "$VENV"
+fi
+
+# ---------------------------------------------------------------------------- 3. project + deps
+step 3/3 "project and dev dependencies (pip install -e '.[dev]')"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -V 2>&1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
+    && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage' >/dev/null 2>&1 \
+    && [ -x "$VENV/bin/smartpbx" ]; then
+    info "up to date (pyproject.toml unchanged since the last install)"
+else
+    "$VENV/bin/python" -m pip install -e '.[dev]'
+    printf '%s\n' "$want" > "$STAMP"
+fi
+
+printf '\n==> ready: %s, %s\n' "$("$VENV/bin/python" -V 2>&1)" \
+    "$(command -v sipp >/dev/null 2>&1 && echo "sipp $(command -v sipp)" || echo 'no sipp (SIPp tests skipped)')"
