@@ -51,6 +51,8 @@ from pbx_edge.sip.transaction import (
     TxState,
 )
 
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
+ACCEPT = "application/sdp"
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
 
 
@@ -72,6 +74,7 @@ class CallFlows:
     timers: TimerHeap[tuple[str, str, int]]
     settings: TimerSettings
     stats: dict[str, int]
+    supported: frozenset[str]
 
     def via(self, transport: str) -> str:
         raise NotImplementedError
@@ -105,7 +108,14 @@ class CallFlows:
         capabilities: bool = False,
         to_tag: str | None = None,
     ) -> None:
-        raise NotImplementedError
+        """Answer a request locally (not relayed)."""
+        reply = make_response(tx.request, status, reason, to_tag=to_tag)
+        if allow:
+            reply.headers.add("Allow", ALLOW)
+        if capabilities:
+            reply.headers.add("Accept", ACCEPT)
+            reply.headers.add("Supported", ", ".join(sorted(self.supported)))
+        self.tx.send_response(tx, reply, now)
 
     # --- new calls -------------------------------------------------------------------------------
     def on_initial_invite(self, req: Request, source: Endpoint, tx: ServerTransaction, now: float) -> None:
@@ -207,7 +217,7 @@ class CallFlows:
         else:
             out = relayed_response(
                 call.a_invite_tx.request, resp, to_tag=call.a.dialog.local_tag, contact=None, body=b""
-            )
+            )  # a failure: no Contact, no session description
             self._final_to_caller(call, out, now)
             self.end_call(call, EndReason.REJECTED, now, status=out.status)
 
@@ -220,13 +230,7 @@ class CallFlows:
             if rseq is None or rseq <= call.last_callee_rseq:
                 return  # a retransmission, or unusable
             call.last_callee_rseq = rseq
-        out = relayed_response(
-            call.a_invite_tx.request,
-            resp,
-            to_tag=call.a.dialog.local_tag,
-            contact=self.contact(call.a.transport),
-            body=self._rewrite(call, Side.CALLEE, resp),
-        )
+        out = self._callee_response_for_caller(call, resp)
         if rseq is not None:
             if self._caller_supports_100rel(call):
                 ours = call.next_rseq
@@ -255,13 +259,7 @@ class CallFlows:
             self._send_bye(call, b, now)  # answered after the caller left
             self.end_call(call, call.end_reason or EndReason.CALLER_CANCEL, now)
             return
-        out = relayed_response(
-            call.a_invite_tx.request,
-            resp,
-            to_tag=call.a.dialog.local_tag,
-            contact=self.contact(call.a.transport),
-            body=self._rewrite(call, Side.CALLEE, resp),
-        )
+        out = self._callee_response_for_caller(call, resp)
         self._final_to_caller(call, out, now)
         call.state = CallState.CONFIRMED
         call.answered_at = now
@@ -272,6 +270,19 @@ class CallFlows:
             self.timers.cancel((call.id, "rel1xx", ours))
         call.unacked_reliable.clear()
         self.emit("call.answered", call)
+
+    def _callee_response_for_caller(self, call: Call, resp: Response) -> Response:
+        return relayed_response(
+            call.a_invite_tx.request,
+            resp,
+            to_tag=call.a.dialog.local_tag,
+            contact=self.contact(call.a.transport),
+            body=self._rewrite(call, Side.CALLEE, resp),
+        )
+
+    def _fail_caller(self, call: Call, status: int, reason: str, now: float) -> None:
+        out = make_response(call.a_invite_tx.request, status, reason, to_tag=call.a.dialog.local_tag)
+        self._final_to_caller(call, out, now)
 
     def _final_to_caller(self, call: Call, out: Response, now: float) -> None:
         call.a_final_sent = True
@@ -299,8 +310,7 @@ class CallFlows:
         self._reply(tx, 200, "OK", now, to_tag=to_tag)
         if not isinstance(call, Call) or call.a_final_sent:
             return
-        out = make_response(invite_tx.request, 487, "Request Terminated", to_tag=to_tag)
-        self._final_to_caller(call, out, now)
+        self._fail_caller(call, 487, "Request Terminated", now)
         self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
 
     def _abandon_callee(self, call: Call, reason: EndReason, now: float) -> None:
@@ -336,10 +346,7 @@ class CallFlows:
             return
         extension = self.router.extension_config(call.callee)
         outcome = self.no_answer.on_no_answer(call, extension.no_answer_action if extension else None)
-        out = make_response(
-            call.a_invite_tx.request, outcome.status, outcome.reason, to_tag=call.a.dialog.local_tag
-        )
-        self._final_to_caller(call, out, now)
+        self._fail_caller(call, outcome.status, outcome.reason, now)
         self._abandon_callee(call, EndReason.NO_ANSWER, now)
 
     # --- RFC 3262 reliable provisional responses -----------------------------------------------------
@@ -354,13 +361,7 @@ class CallFlows:
         give_up_at = pending.sent_at + 64 * self.settings.t1
         if now >= give_up_at:
             del call.unacked_reliable[ours]
-            out = make_response(
-                call.a_invite_tx.request,
-                504,
-                "Reliable Provisional Response Not Acknowledged",
-                to_tag=call.a.dialog.local_tag,
-            )
-            self._final_to_caller(call, out, now)
+            self._fail_caller(call, 504, "Reliable Provisional Response Not Acknowledged", now)
             self._abandon_callee(call, EndReason.TIMEOUT, now)
             return
         self.tx.send_response(call.a_invite_tx, pending.response, now)
@@ -428,17 +429,11 @@ class CallFlows:
             self.end_call(call, EndReason.CALLER_BYE if by_caller else EndReason.CALLEE_BYE, now)
         elif by_caller:
             if not call.a_final_sent:
-                out = make_response(
-                    call.a_invite_tx.request, 487, "Request Terminated", to_tag=call.a.dialog.local_tag
-                )
-                self._final_to_caller(call, out, now)
+                self._fail_caller(call, 487, "Request Terminated", now)
             self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
         else:
             if not call.a_final_sent:
-                out = make_response(
-                    call.a_invite_tx.request, 480, "Temporarily Unavailable", to_tag=call.a.dialog.local_tag
-                )
-                self._final_to_caller(call, out, now)
+                self._fail_caller(call, 480, "Temporarily Unavailable", now)
             self.end_call(call, EndReason.CALLEE_BYE, now)
 
     def _relay(self, call: Call, leg: Leg, req: Request, tx: ServerTransaction, now: float) -> None:
@@ -510,8 +505,7 @@ class CallFlows:
                 self.end_call(call, call.end_reason or EndReason.TIMEOUT, now)
                 return
             status, reason = (408, "Request Timeout") if timeout else (503, "Service Unavailable")
-            out = make_response(call.a_invite_tx.request, status, reason, to_tag=call.a.dialog.local_tag)
-            self._final_to_caller(call, out, now)
+            self._fail_caller(call, status, reason, now)
             self.end_call(call, EndReason.TIMEOUT if timeout else EndReason.TRANSPORT_ERROR, now)
         elif isinstance(owner, Relayed):
             if tx.request.method == "INVITE":

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
-from pbx_edge.b2bua.calls import CallFlows
+from pbx_edge.b2bua.calls import ACCEPT, ALLOW, CallFlows
 from pbx_edge.b2bua.location import LocationTable
 from pbx_edge.b2bua.messages import contact_header, via_header
 from pbx_edge.b2bua.no_answer import NoAnswerPolicy, RejectOnNoAnswer
@@ -44,8 +44,6 @@ from pbx_edge.sip.transaction import (
     TransportError,
 )
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
-ACCEPT = "application/sdp"
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"SUBSCRIBE", "REFER", "PUBLISH"}
 EventListener = Callable[[str, Call], None]
 
@@ -245,26 +243,6 @@ class EdgeCore(CallFlows):
                 self.on_unacknowledged(call, tx, now)
             return
         self.on_call_failure(owner, tx, now, timeout=timeout)
-
-    # --- local answers -----------------------------------------------------------------------
-    def _reply(
-        self,
-        tx: ServerTransaction,
-        status: int,
-        reason: str,
-        now: float,
-        *,
-        allow: bool = False,
-        capabilities: bool = False,
-        to_tag: str | None = None,
-    ) -> None:
-        reply = make_response(tx.request, status, reason, to_tag=to_tag)
-        if allow:
-            reply.headers.add("Allow", ALLOW)
-        if capabilities:
-            reply.headers.add("Accept", ACCEPT)
-            reply.headers.add("Supported", ", ".join(sorted(self.supported)))
-        self.tx.send_response(tx, reply, now)
 
     @staticmethod
     def _fix_via_received(req: Request, source: Endpoint) -> None:

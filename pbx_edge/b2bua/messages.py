@@ -11,7 +11,7 @@ from pbx_edge.sip.responses import make_response
 from pbx_edge.sip.uri import Address
 
 # Headers that describe the session or the capabilities of the far end: the other leg gets them.
-INVITE_PASS_HEADERS = (
+_CAPABILITIES = (
     "Supported",
     "Allow",
     "Accept",
@@ -19,6 +19,9 @@ INVITE_PASS_HEADERS = (
     "Content-Disposition",
     "Session-Expires",
     "Min-SE",
+)
+INVITE_PASS_HEADERS = (
+    *_CAPABILITIES,
     "Subject",
     "Priority",
     "Alert-Info",
@@ -26,33 +29,8 @@ INVITE_PASS_HEADERS = (
     "P-Asserted-Identity",
     "Privacy",
 )
-RESPONSE_PASS_HEADERS = (
-    "Supported",
-    "Allow",
-    "Accept",
-    "Content-Type",
-    "Content-Disposition",
-    "Session-Expires",
-    "Retry-After",
-    "Warning",
-    "Unsupported",
-    "Min-SE",
-    "Call-Info",
-    "Alert-Info",
-)
-IN_DIALOG_PASS_HEADERS = (
-    "Supported",
-    "Allow",
-    "Accept",
-    "Content-Type",
-    "Content-Disposition",
-    "Session-Expires",
-    "Min-SE",
-    "Event",
-    "Subscription-State",
-    "Info-Package",
-    "Recv-Info",
-)
+RESPONSE_PASS_HEADERS = (*_CAPABILITIES, "Retry-After", "Warning", "Unsupported", "Call-Info", "Alert-Info")
+IN_DIALOG_PASS_HEADERS = (*_CAPABILITIES, "Event", "Subscription-State", "Info-Package", "Recv-Info")
 # Option tags the edge can honour end to end; a Require with anything else is answered 420.
 PASSABLE_REQUIRE = frozenset({"100rel", "timer"})
 
