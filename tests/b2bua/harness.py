@@ -170,6 +170,41 @@ def in_dialog(
     return req
 
 
+EDGE_URI = "sip:edge@127.0.0.1:5060"
+
+
+def from_caller(
+    method: str, a_inv: Request, dialog_msg: Request | Response, cseq: int, branch: str, **kw: Any
+) -> Request:
+    """An in-dialog request from the caller; ``dialog_msg`` carries the edge's To tag."""
+    return in_dialog(
+        method,
+        call_id=a_inv.call_id,
+        from_=a_inv.headers.get("From") or "",
+        to=dialog_msg.headers.get("To") or "",
+        cseq=cseq,
+        uri=EDGE_URI,
+        via_host=CALLER,
+        branch=branch,
+        **kw,
+    )
+
+
+def from_callee(method: str, b_inv: Request, cseq: int, branch: str, **kw: Any) -> Request:
+    """An in-dialog request from the callee (tag ``bob-tag``) on the edge's callee leg."""
+    return in_dialog(
+        method,
+        call_id=b_inv.call_id,
+        from_="<sip:bob@127.0.0.1:5070>;tag=bob-tag",
+        to=b_inv.headers.get("From") or "",
+        cseq=cseq,
+        uri=EDGE_URI,
+        via_host=CALLEE,
+        branch=branch,
+        **kw,
+    )
+
+
 def ack_for(req: Request, resp: Response, source: Endpoint, branch: str) -> Request:
     return in_dialog(
         "ACK",

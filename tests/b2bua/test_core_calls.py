@@ -5,7 +5,19 @@ from __future__ import annotations
 from pbx_edge.b2bua.call import CallState, EndReason
 from pbx_edge.sip.message import Request, Response
 
-from .harness import CALLEE, CALLER, SDP, Wire, ack_for, answer, in_dialog, invite, make_core
+from .harness import (
+    CALLEE,
+    CALLER,
+    SDP,
+    Wire,
+    ack_for,
+    answer,
+    from_callee,
+    from_caller,
+    in_dialog,
+    invite,
+    make_core,
+)
 
 
 def _establish(wire: Wire, a_inv: Request | None = None) -> tuple[Request, Request, Response]:
@@ -59,15 +71,12 @@ def test_basic_call_has_two_independent_legs_and_ends_on_caller_bye() -> None:
     assert call.state is CallState.CONFIRMED
     wire.deliver(ack_for(a_inv, ok, CALLER, "z9hG4bKack1"), CALLER)
 
-    bye = in_dialog(
+    bye = from_caller(
         "BYE",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=ok.headers.get("To") or "",
-        cseq=2,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLER,
-        branch="z9hG4bKbye1",
+        a_inv,
+        ok,
+        2,
+        "z9hG4bKbye1",
     )
     wire.deliver(bye, CALLER)
     assert wire.take_one(CALLER, "200")
@@ -84,15 +93,11 @@ def test_callee_bye_ends_caller_leg() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv, b_inv, _ = _establish(wire)
-    bye = in_dialog(
+    bye = from_callee(
         "BYE",
-        call_id=b_inv.call_id,
-        from_="<sip:bob@127.0.0.1:5070>;tag=bob-tag",
-        to=b_inv.headers.get("From") or "",
-        cseq=1,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLEE,
-        branch="z9hG4bKbbye",
+        b_inv,
+        1,
+        "z9hG4bKbbye",
     )
     wire.deliver(bye, CALLEE)
     assert wire.take_one(CALLEE, "200")
@@ -315,15 +320,12 @@ def test_reinvite_hold_is_relayed_and_glare_gets_491() -> None:
     wire = Wire(core)
     a_inv, b_inv, ok = _establish(wire)
     hold_sdp = SDP.replace(b"a=sendrecv", b"a=sendonly")
-    reinvite = in_dialog(
+    reinvite = from_caller(
         "INVITE",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=ok.headers.get("To") or "",
-        cseq=2,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLER,
-        branch="z9hG4bKre1",
+        a_inv,
+        ok,
+        2,
+        "z9hG4bKre1",
         body=hold_sdp,
         extra=[("Contact", "<sip:alice@127.0.0.1:5062>")],
     )
@@ -332,15 +334,11 @@ def test_reinvite_hold_is_relayed_and_glare_gets_491() -> None:
     assert isinstance(b_re, Request) and b_re.body == hold_sdp and b_re.to_tag == "bob-tag"
     assert b_re.cseq.seq == 2 and b_re.call_id == b_inv.call_id
     # glare: the callee sends its own re-INVITE while ours is pending
-    glare = in_dialog(
+    glare = from_callee(
         "INVITE",
-        call_id=b_inv.call_id,
-        from_="<sip:bob@127.0.0.1:5070>;tag=bob-tag",
-        to=b_inv.headers.get("From") or "",
-        cseq=5,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLEE,
-        branch="z9hG4bKglare",
+        b_inv,
+        5,
+        "z9hG4bKglare",
         body=SDP,
     )
     wire.deliver(glare, CALLEE)
@@ -355,15 +353,11 @@ def test_update_is_relayed_both_ways() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv, b_inv, _ = _establish(wire)
-    update = in_dialog(
+    update = from_callee(
         "UPDATE",
-        call_id=b_inv.call_id,
-        from_="<sip:bob@127.0.0.1:5070>;tag=bob-tag",
-        to=b_inv.headers.get("From") or "",
-        cseq=2,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLEE,
-        branch="z9hG4bKupd",
+        b_inv,
+        2,
+        "z9hG4bKupd",
         body=SDP,
     )
     wire.deliver(update, CALLEE)
@@ -392,15 +386,12 @@ def test_100rel_prack_is_mapped_per_leg() -> None:
     assert our_rseq == "1"
     wire.advance(0.6)  # not PRACKed yet: retransmitted after T1
     assert wire.take_one(CALLER, "183")
-    prack = in_dialog(
+    prack = from_caller(
         "PRACK",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=progress.headers.get("To") or "",
-        cseq=2,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLER,
-        branch="z9hG4bKprack",
+        a_inv,
+        progress,
+        2,
+        "z9hG4bKprack",
         extra=[("RAck", f"{our_rseq} 1 INVITE")],
     )
     wire.deliver(prack, CALLER)

@@ -6,7 +6,7 @@ from pbx_edge.b2bua.call import EndReason
 from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.sip.message import Request, Response
 
-from .harness import CALLEE, CALLER, SDP, Wire, answer, in_dialog, invite, make_core
+from .harness import CALLEE, CALLER, SDP, Wire, answer, from_callee, from_caller, in_dialog, invite, make_core
 from .test_core_calls import _establish
 
 
@@ -64,15 +64,12 @@ def test_caller_bye_in_early_dialog_acts_as_cancel() -> None:
     a_inv, b_inv = _b_invite(wire)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
     ringing = wire.take_one(CALLER, "180")
-    bye = in_dialog(
+    bye = from_caller(
         "BYE",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=ringing.headers.get("To") or "",
-        cseq=2,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLER,
-        branch="z9hG4bKearlybye",
+        a_inv,
+        ringing,
+        2,
+        "z9hG4bKearlybye",
     )
     wire.deliver(bye, CALLER)
     assert wire.take_one(CALLER, "200")
@@ -85,15 +82,11 @@ def test_callee_bye_in_early_dialog_fails_the_caller() -> None:
     wire = Wire(core)
     _, b_inv = _b_invite(wire)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
-    bye = in_dialog(
+    bye = from_callee(
         "BYE",
-        call_id=b_inv.call_id,
-        from_="<sip:bob@127.0.0.1:5070>;tag=bob-tag",
-        to=b_inv.headers.get("From") or "",
-        cseq=1,
-        uri="sip:edge@127.0.0.1:5060",
-        via_host=CALLEE,
-        branch="z9hG4bKcalleeearly",
+        b_inv,
+        1,
+        "z9hG4bKcalleeearly",
     )
     wire.deliver(bye, CALLEE)
     assert wire.take_one(CALLEE, "200")
@@ -132,15 +125,12 @@ def test_prack_with_bad_or_unknown_rack() -> None:
     wire.deliver(answer(b_inv, 180, "Ringing", extra=[("Require", "100rel"), ("RSeq", "1")]), CALLEE)
     ringing = wire.take_one(CALLER, "180")
     for n, rack, status in ((2, "x", "400"), (3, "9 1 INVITE", "481")):
-        prack = in_dialog(
+        prack = from_caller(
             "PRACK",
-            call_id=a_inv.call_id,
-            from_=a_inv.headers.get("From") or "",
-            to=ringing.headers.get("To") or "",
-            cseq=n,
-            uri="sip:edge@127.0.0.1:5060",
-            via_host=CALLER,
-            branch=f"z9hG4bKbadprack{n}",
+            a_inv,
+            ringing,
+            n,
+            f"z9hG4bKbadprack{n}",
             extra=[("RAck", rack)],
         )
         wire.deliver(prack, CALLER)
@@ -181,15 +171,12 @@ def test_second_reinvite_while_first_pending_gets_500_with_retry_after() -> None
     a_inv, _, ok = _establish(wire)
 
     def reinvite(cseq: int) -> Request:
-        return in_dialog(
+        return from_caller(
             "INVITE",
-            call_id=a_inv.call_id,
-            from_=a_inv.headers.get("From") or "",
-            to=ok.headers.get("To") or "",
-            cseq=cseq,
-            uri="sip:edge@127.0.0.1:5060",
-            via_host=CALLER,
-            branch=f"z9hG4bKreinv{cseq}",
+            a_inv,
+            ok,
+            cseq,
+            f"z9hG4bKreinv{cseq}",
             body=SDP,
         )
 
