@@ -21,7 +21,7 @@ Everything runs on 127.0.0.1 and every process is bounded in time:
 
 Usage::
 
-    python bench/sip_signalling.py            # 100..1000 calls/s, 10 s per step
+    python bench/sip_signalling.py            # 100..2000 calls/s, 10 s per step
     python bench/sip_signalling.py --quick    # 100, 200, 300 calls/s, 3 s per step
 """
 
@@ -49,7 +49,7 @@ from bench._machine import print_machine  # noqa: E402
 from tests.e2e.harness import E2E, LOOPBACK, SIPP, EdgeProcess, SippResult  # noqa: E402
 from tests.e2e.lossy_udp_shim import LossProfile, ShimThread, UdpPipe  # noqa: E402
 
-FULL_RATES = (100, 200, 300, 500, 700, 1000)
+FULL_RATES = (100, 200, 300, 500, 700, 1000, 1500, 2000)
 QUICK_RATES = (100, 200, 300)
 SUCCESS_THRESHOLD = 0.999
 RATE_THRESHOLD = 0.95
@@ -163,12 +163,23 @@ def _achieved_rate(result: SippResult, calls: int) -> float:
     return best
 
 
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total: int = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return float("nan")
+    return total / 2**20
+
+
 def run_step(
     e2e: E2E, path: str, remote: tuple[str, int], rate: int, seconds: float, edge: EdgeProcess | None
 ) -> Step:
     calls = max(1, round(rate * seconds))
     started = time.monotonic()
-    sampler = CpuSampler(edge.pid) if edge is not None else None
+    sampler = CpuSampler(edge.edge_pid) if edge is not None else None
     with sampler if sampler is not None else contextlib.nullcontext():
         result = e2e.run_uac(
             "uac_basic.xml",
@@ -359,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="rates 100,200,300 and 3 s per step")
-    parser.add_argument("--rates", help="comma-separated calls/s (default 100,200,300,500,700,1000)")
+    parser.add_argument(
+        "--rates", help="comma-separated calls/s (default 100,200,300,500,700,1000,1500,2000)"
+    )
     parser.add_argument("--step-seconds", type=float, help="seconds of calls per rate (default 10; quick 3)")
     parser.add_argument("--keep-going", action="store_true", help="run every rate even after one fails")
     parser.add_argument("--skip-direct", action="store_true", help="skip the SIPp UAC -> SIPp UAS baseline")
@@ -388,8 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bound = (len(rates) * (seconds + 45)) * 2 + 300
         uas = e2e.start_uas("uas_basic.xml", calls=None, timeout_s=bound, trace_msg=False)
-        edge = e2e.start_edge(e2e.edge_settings(uas_port=uas.port, log_level="WARNING", max_calls=1_000_000))
-        print(f"edge: pid {edge.pid}, {' '.join(edge.command[:3])} ... on {LOOPBACK}:{edge.settings.port}")
+        edge = e2e.start_edge(
+            e2e.edge_settings(uas_port=uas.port, log_level="WARNING", max_calls=1_000_000),
+            max_lifetime_s=bound,
+        )
+        print(f"edge: pid {edge.edge_pid} on {LOOPBACK}:{edge.settings.port}: {' '.join(edge.command)}")
+        rss_start = rss_mb(edge.edge_pid)
 
         warm = run_step(e2e, "warm-up", edge.addr, 50, 2.0, edge)
         print(f"warm-up: {warm.successful}/{warm.calls} calls at 50 calls/s")
@@ -409,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         report["edge"] = [asdict(s) | {"success": s.success, "sustained": s.sustained} for s in edge_steps]
         if not edge.alive:
             print(f"the edge died:\n{edge.log_tail()}")
+        edge_done = time.monotonic()
+        calls_total = warm.calls + latency["calls"] + sum(s.calls for s in edge_steps)
 
         direct_steps: list[Step] = []
         if not args.skip_direct:
@@ -419,6 +438,19 @@ def main(argv: list[str] | None = None) -> int:
             report["direct"] = [
                 asdict(s) | {"success": s.success, "sustained": s.sustained} for s in direct_steps
             ]
+
+        if edge.alive:
+            # the edge keeps finished transactions for 64*T1 (32 s); measure once they are gone
+            settle = 35.0 if not args.quick else 3.0
+            time.sleep(max(0.0, settle - (time.monotonic() - edge_done)))
+            rss_end = rss_mb(edge.edge_pid)
+            idle = time.monotonic() - edge_done
+            report["edge_rss_mb"] = {"start": rss_start, "end": rss_end, "calls": calls_total, "idle_s": idle}
+            print(
+                f"\nedge RSS: {rss_start:.1f} MB at start, {rss_end:.1f} MB after {calls_total} calls and "
+                f"{idle:.0f} s idle (+{(rss_end - rss_start) * 1024 / max(1, calls_total):.1f} KB per call, "
+                "an upper bound of what stays: Python seldom gives freed memory back)"
+            )
 
         edge_best, direct_best = best_rate(edge_steps), best_rate(direct_steps)
         report["edge_best_rate"], report["direct_best_rate"] = edge_best, direct_best

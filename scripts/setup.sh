@@ -30,7 +30,8 @@ apt_install() {
     command -v apt-get >/dev/null 2>&1 || return 1
     if [ "$APT_UPDATED" -eq 0 ]; then
         info "apt-get update"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            || info "apt-get update failed; trying the install with the package lists there are"
         APT_UPDATED=1
     fi
     info "apt-get install $*"
@@ -41,10 +42,12 @@ apt_install() {
 step 1/3 "system packages"
 if command -v sipp >/dev/null 2>&1; then
     info "sipp present: $(command -v sipp) ($(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n1))"
-elif apt_install sip-tester; then
+elif ! command -v apt-get >/dev/null 2>&1; then
+    info "WARNING: no apt-get here; install SIPp by hand (the SIPp tests are skipped without it)"
+elif apt_install sip-tester && command -v sipp >/dev/null 2>&1; then
     info "sipp installed: $(command -v sipp)"
 else
-    info "WARNING: no apt-get here; install SIPp by hand (the SIPp tests will be skipped without it)"
+    info "WARNING: could not install sip-tester (see above); the SIPp tests are skipped without it"
 fi
 
 # -------------------------------------------------------------------------------------- 2. Python

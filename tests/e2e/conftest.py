@@ -1,8 +1,13 @@
-"""Fixtures for the end-to-end tests: a port allocator and an :class:`~tests.e2e.harness.E2E` per test.
+"""Fixtures for the end-to-end tests.
 
-When a test fails, the tail of every edge log and each SIPp run's summary (exit code, stats, command,
-errors log) are attached to the report as extra sections; the full traces stay under the test's
-``tmp_path``.
+- ``ports``: one :class:`~tests.e2e.harness.PortAllocator` for the session (free loopback ports).
+- ``e2e``: an :class:`~tests.e2e.harness.E2E` per test: a work directory under the pytest temp dir,
+  and every edge and SIPp process the test starts, all stopped at teardown.
+- ``shim``: a running :class:`~tests.e2e.lossy_udp_shim.ShimThread` to add lossy UDP pipes to.
+
+When a test fails, the tail of each edge log and each SIPp run's summary (exit code, stats, command
+line, errors log) are attached to its report as extra sections; the full traces stay in the work
+directory named there.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Generator, Iterator
 import pytest
 
 from tests.e2e.harness import E2E, PortAllocator
+from tests.e2e.lossy_udp_shim import ShimThread
 
 _SESSION_KEY = pytest.StashKey[E2E]()
 
@@ -33,16 +39,20 @@ def e2e(
         session.close()
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.fixture
+def shim() -> Iterator[ShimThread]:
+    """A lossy-relay event loop in a background thread; the pipes added to it stop with the test."""
+    with ShimThread() as running:
+        yield running
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when not in ("call", "teardown") or not report.failed:
-        return
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     session = item.stash.get(_SESSION_KEY, None)
-    if session is None:
-        return
-    for title, text in session.report():
-        report.sections.append((title, text))
+    if session is not None and report.failed and report.when in ("call", "teardown"):
+        for title, text in session.report():
+            report.sections.append((title, text))
+    return report

@@ -12,8 +12,6 @@ retransmissions without the edge.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.e2e.harness import E2E, LOOPBACK, SIPP, SippProcess, expect_calls
@@ -35,12 +33,6 @@ MAX_RETRANS = 12
 SIPP_TIMEOUT_S = 150
 # The caller's pause between ACK and BYE; not a multiple of T1, see uas_lossy.xml.
 PAUSE_MS = 700
-
-
-@pytest.fixture
-def shim() -> Iterator[ShimThread]:
-    with ShimThread() as running:
-        yield running
 
 
 def _assert_lossy(pipe: UdpPipe) -> None:
