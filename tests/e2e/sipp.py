@@ -422,6 +422,17 @@ class SippProcess:
             return self.stop()
         return self._finish()
 
+    def wait_for_callee_dialogs(self, count: int, timeout: float) -> int:
+        """Poll this UAS's message trace until ``count`` dialogs have completed (INVITE and BYE both
+        answered 2xx) or ``timeout`` seconds pass; returns how many had completed."""
+        view = SippResult(self.name, self.spec.role, self.command, self.workdir, None, 0.0, None)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = view.completed_callee_dialogs()
+            if done >= count or time.monotonic() >= deadline or not self.alive:
+                return done
+            time.sleep(0.25)
+
     def stop(self, grace: float = 5.0) -> SippResult:
         """Ask SIPp to finish (SIGUSR1: no new calls, end when the current ones end), then SIGTERM,
         then SIGKILL; returns the result either way."""

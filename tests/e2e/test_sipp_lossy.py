@@ -40,9 +40,15 @@ def _assert_lossy(pipe: UdpPipe) -> None:
     assert stats.left_to_right.dropped > 0 and stats.right_to_left.dropped > 0, f"{pipe.name}: {stats}"
 
 
+# The edge answers the caller's BYE itself and then hangs up the callee leg; through 20 % loss that
+# BYE may still be retransmitting (up to 64*T1 = 32 s) when the caller is done.
+CALLEE_BYE_WAIT_S = 35.0
+
+
 def _assert_callee(uas: SippProcess) -> None:
     """Every call reached the callee and was answered and hung up there. The UAS lingers 32 s per
     call to answer BYE retransmissions, so it is judged from its trace and then stopped."""
+    uas.wait_for_callee_dialogs(CALLS, timeout=CALLEE_BYE_WAIT_S)
     result = uas.stop(grace=0.5)
     assert result.failed == 0, result.describe()
     assert result.completed_callee_dialogs() == CALLS, result.describe()
