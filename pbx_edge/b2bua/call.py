@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pbx_edge.b2bua.location import Binding
 from pbx_edge.media.interface import MediaSession, Side
 from pbx_edge.sip.dialog import Dialog
 from pbx_edge.sip.endpoint import Endpoint
@@ -133,4 +134,4 @@ class OwnPrack:
 
 @dataclass(frozen=True, slots=True)
 class OptionsPing:
-    key: object
+    binding: Binding

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
 from pbx_edge.b2bua.calls import ACCEPT, ALLOW, CallFlows
-from pbx_edge.b2bua.location import LocationTable
+from pbx_edge.b2bua.location import Binding, LocationTable
 from pbx_edge.b2bua.messages import contact_header, via_header
 from pbx_edge.b2bua.no_answer import NoAnswerPolicy, RejectOnNoAnswer
 from pbx_edge.b2bua.options_ping import OptionsPinger
@@ -29,7 +29,7 @@ from pbx_edge.b2bua.routing import Router
 from pbx_edge.media.interface import MediaManager, PassThroughMedia
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.endpoint import Endpoint
-from pbx_edge.sip.ids import new_branch
+from pbx_edge.sip.ids import new_branch, new_call_id, new_tag
 from pbx_edge.sip.message import Headers, Request, Response, SipParseError, parse_message
 from pbx_edge.sip.responses import check_request, make_response
 from pbx_edge.sip.timers import TimerHeap
@@ -117,11 +117,9 @@ class EdgeCore(CallFlows):
         self.tx.handle_timer(now)
         for key in self.timers.pop_due(now):
             self._on_call_timer(key, now)
-        for _binding in self.location.expire(now):
-            pass  # registration.expired events arrive with the operations issue
-        if self.config.sip.options_ping.enabled:
-            for binding in self.pinger.due(now):
-                self._send_options_ping(binding, now)
+        self.location.expire(now)  # registration.expired events arrive with the operations issue
+        for binding in self.pinger.due(now):  # empty when pinging is disabled
+            self._send_options_ping(binding, now)
         self._drain(now)
 
     def get_timer(self) -> float | None:
@@ -131,7 +129,7 @@ class EdgeCore(CallFlows):
                 self.tx.get_timer(),
                 self.timers.next_deadline(),
                 self.location.next_expiry(),
-                self.pinger.get_timer() if self.config.sip.options_ping.enabled else None,
+                self.pinger.get_timer(),
             )
             if d is not None
         ]
@@ -271,29 +269,23 @@ class EdgeCore(CallFlows):
             req.headers.set_all("Via", vias)
 
     # --- OPTIONS keep-alive pings ----------------------------------------------------------------
-    def _send_options_ping(self, binding: object, now: float) -> None:
-        from pbx_edge.b2bua.location import Binding
-        from pbx_edge.sip.ids import new_call_id, new_tag
-
-        assert isinstance(binding, Binding)
+    def _send_options_ping(self, binding: Binding, now: float) -> None:
         dest = binding.dest
         local = self.local_for(dest.transport)
+        contact_uri = str(binding.contact.uri)
         headers = Headers()
         headers.add("Via", self.via(dest.transport))
         headers.add("Max-Forwards", "70")
         headers.add("From", f"<sip:ping@{local.host}:{local.port}>;tag={new_tag()}")
-        headers.add("To", str(binding.contact.uri).join("<>"))
+        headers.add("To", f"<{contact_uri}>")
         headers.add("Call-ID", new_call_id(local.host))
         headers.add("CSeq", "1 OPTIONS")
-        request = Request(headers=headers, method="OPTIONS", uri=str(binding.contact.uri))
+        request = Request(headers=headers, method="OPTIONS", uri=contact_uri)
         client_tx = self.tx.send_request(request, dest, now)
         client_tx.owner = OptionsPing(binding)
 
     def _on_options_reply(self, owner: OptionsPing, ok: bool, now: float) -> None:
-        from pbx_edge.b2bua.location import Binding
-
-        if isinstance(owner.key, Binding):
-            self.pinger.on_reply(owner.key, ok, now)
+        self.pinger.on_reply(owner.binding, ok, now)
 
     # --- bookkeeping -----------------------------------------------------------------------------
     def register_call(self, call: Call) -> None:
