@@ -29,6 +29,7 @@ from pbx_edge.b2bua.routing import Router
 from pbx_edge.media.interface import MediaManager, PassThroughMedia
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.endpoint import Endpoint
+from pbx_edge.sip.headers import Via
 from pbx_edge.sip.ids import new_branch, new_call_id, new_tag
 from pbx_edge.sip.message import Headers, Request, Response, SipParseError, parse_message
 from pbx_edge.sip.responses import check_request, make_response
@@ -248,25 +249,22 @@ class EdgeCore(CallFlows):
         value = req.headers.get("Via")
         if value is None:
             return
-        has_rport = ";rport" in value
-        if not has_rport and f" {source.host}" in value:
-            return
         try:
-            via = req.top_via
+            via = Via.parse(value)
         except ValueError:
             return
-        changed = False
-        if via.host != source.host:
+        moved = via.host != source.host
+        wants_rport = "rport" in via.params and via.params["rport"] is None
+        if not (moved or wants_rport):
+            return
+        if moved:
             via.params["received"] = source.host
-            changed = True
-        if "rport" in via.params and via.params["rport"] is None:
+        if wants_rport:
             via.params["rport"] = str(source.port)
             via.params.setdefault("received", source.host)
-            changed = True
-        if changed:
-            vias = req.headers.get_all("Via")
-            vias[0] = str(via)
-            req.headers.set_all("Via", vias)
+        vias = req.headers.get_all("Via")
+        vias[0] = str(via)
+        req.headers.set_all("Via", vias)
 
     # --- OPTIONS keep-alive pings ----------------------------------------------------------------
     def _send_options_ping(self, binding: Binding, now: float) -> None:

@@ -58,3 +58,21 @@ def test_options_ping_finds_dead_contacts() -> None:
     assert core.location.lookup("sip:carol@pbx.local", wire.now)
     wire.advance(200)  # no answers: two failed pings later the binding is gone
     assert not core.location.lookup("sip:carol@pbx.local", wire.now)
+
+
+def test_received_is_added_when_via_host_only_resembles_the_source() -> None:
+    wire = Wire(make_core())
+    req = in_dialog(
+        "OPTIONS",
+        call_id="via-1",
+        from_="<sip:mon@127.0.0.1>;tag=v1",
+        to="<sip:edge@127.0.0.1>",
+        cseq=1,
+        uri="sip:127.0.0.1:5060",
+        via_host=Endpoint("UDP", "127.0.0.10", 5062),
+        branch="z9hG4bKvia1",
+    )
+    wire.deliver(req, CALLER)
+    ok = wire.take_one(CALLER, "200")
+    assert isinstance(ok, Response)
+    assert ok.top_via.params.get("received") == "127.0.0.1"
