@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import time
 
+from pbx_edge.b2bua.call import EndReason
 from pbx_edge.b2bua.core import EdgeCore, LocalAddress
 from pbx_edge.gc_policy import GcPolicy
+from pbx_edge.media.engines import make_engine
+from pbx_edge.media.relay import RelayMedia
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.transport.tcp import TcpManager
@@ -27,7 +32,11 @@ class EdgeNode:
         for listen in config.sip.listen:
             transport = listen.transport.upper()
             local.setdefault(transport, LocalAddress(config.sip.advertised_host or listen.host, listen.port))
-        self.core = EdgeCore(config, local)
+        self.media: RelayMedia | None = None
+        if config.media.mode == "relay":
+            engine = make_engine(config.media)
+            self.media = RelayMedia(config.media, engine, time.monotonic, self._media_inactive)
+        self.core = EdgeCore(config, local, media=self.media)
         self.udp: UdpProtocol | None = None
         self.tcp = TcpManager(self._deliver, self._failed, config.sip.max_message_size)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -39,6 +48,9 @@ class EdgeNode:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        raise_open_files_limit()
+        if self.media is not None:
+            await self.media.start()
         for listen in self.config.sip.listen:
             if listen.transport == "udp":
                 protocol = await open_udp(listen.host, listen.port, self._deliver)
@@ -55,6 +67,8 @@ class EdgeNode:
         await self.tcp.close()
         if self.udp is not None and self.udp.transport is not None:
             self.udp.transport.close()
+        if self.media is not None:
+            await self.media.stop()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -75,6 +89,13 @@ class EdgeNode:
     def _failed(self, dest: Endpoint) -> None:
         self.core.transport_error(dest, self._now())
         self._flush()
+
+    def _media_inactive(self, call_id: str, reason: str) -> bool:
+        ended = self.core.hangup(call_id, EndReason.MEDIA_TIMEOUT, self._now(), only_confirmed=True)
+        if ended:
+            log.info("call %s ended: no media for %s", call_id, reason)
+        self._flush()
+        return ended
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -103,6 +124,13 @@ class EdgeNode:
         assert self._loop is not None
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
+
+
+def raise_open_files_limit() -> None:
+    """Each relayed call holds 4 sockets (8 with video): lift the soft descriptor limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(config: EdgeConfig) -> None:

@@ -313,6 +313,26 @@ class CallFlows:
         self._fail_caller(call, 487, "Request Terminated", now)
         self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
 
+    def hangup(self, call_id: str, reason: EndReason, now: float, *, only_confirmed: bool = False) -> bool:
+        """End call ``call_id`` from the edge itself (media timeout, admin): BYE on both legs of a
+        talking call; a call not yet answered gets 480 on the caller leg and CANCEL on the callee
+        leg (unless ``only_confirmed``). Returns whether the call is now ending."""
+        call = self.calls.get(call_id)
+        if call is None or call.state in (CallState.TERMINATED, CallState.CANCELLING):
+            return False
+        if call.state is CallState.CONFIRMED:
+            for leg in (call.a, call.b):
+                if leg is not None:
+                    self._send_bye(call, leg, now)
+            self.end_call(call, reason, now)
+            return True
+        if only_confirmed:
+            return False
+        if not call.a_final_sent:
+            self._fail_caller(call, 480, "Temporarily Unavailable", now)
+        self._abandon_callee(call, reason, now)
+        return True
+
     def _abandon_callee(self, call: Call, reason: EndReason, now: float) -> None:
         """The caller has its final answer; end the callee leg with CANCEL (or later, when possible)."""
         call.state = CallState.CANCELLING

@@ -7,6 +7,7 @@ A bad file stops the node with a message naming the field, the bad value and why
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -124,6 +125,59 @@ class RuntimeConfig(_Strict):
     uvloop: bool = True
 
 
+class RecordingConfig(_Strict):
+    """Per-call stereo WAV recording (caller left, callee right), off by default."""
+
+    enabled: bool = False
+    directory: Path = Path("recordings")
+
+
+class MediaConfig(_Strict):
+    """RTP handling; see pbx_edge/media/relay.py and pbx_edge/media/ports.py (8 ports per call)."""
+
+    mode: Literal["relay", "passthrough"] = "relay"
+    bind_host: str = "127.0.0.1"
+    advertised_address: str | None = None  # put in SDP c=; default bind_host
+    port_start: int = Field(20000, ge=1024, le=65534)
+    port_end: int = Field(39999, ge=1031, le=65535)
+    max_calls: int | None = Field(None, ge=1)  # default: what the range holds
+    engine: Literal["auto", "native", "python"] = "auto"
+    native_threads: int = Field(1, ge=1, le=64)
+    inactivity_timeout: float = Field(60.0, gt=0)  # no RTP either way for this long -> BYE both legs
+    hold_timeout: float = Field(3600.0, gt=0)  # the same while the call is on hold
+    port_cooldown: float = Field(30.0, ge=0)  # an unbindable block is retried after this
+    tap_queue_frames: int = Field(250, ge=1)  # 20 ms frames buffered per tap subscriber
+    recording: RecordingConfig = RecordingConfig()
+
+    @field_validator("port_start")
+    @classmethod
+    def _even_start(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (RTP on even ports, RTCP on the next odd one)")
+        return value
+
+    @field_validator("bind_host", "advertised_address")
+    @classmethod
+    def _ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be an IP address") from None
+        return value
+
+    @model_validator(mode="after")
+    def _range_holds_a_call(self) -> MediaConfig:
+        if self.port_end - self.port_start + 1 < 8:
+            raise ValueError(
+                f"port_start..port_end ({self.port_start}..{self.port_end}) must hold at least 8 ports"
+            )
+        address = self.advertised_address or self.bind_host
+        if ipaddress.ip_address(address).is_unspecified:
+            raise ValueError("advertised_address is required when bind_host is a wildcard address")
+        return self
+
+
 class EdgeConfig(_Strict):
     node_id: str = "edge-1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -131,6 +185,7 @@ class EdgeConfig(_Strict):
     sip: SipConfig = SipConfig()
     calls: CallsConfig = CallsConfig()
     routing: RoutingConfig = RoutingConfig()
+    media: MediaConfig = MediaConfig()
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx_edge.b2bua.core import EdgeCore, LocalAddress
+from pbx_edge.media.interface import MediaManager
 from pbx_edge.ops.config import parse_config
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.message import Request, Response, SipParseError, parse_message
@@ -31,7 +32,7 @@ def _parse_sent(data: bytes, dest: Endpoint) -> Request | Response:
         return Response(status=int(code), reason=reason)
 
 
-def make_core(**overrides: Any) -> EdgeCore:
+def make_core(media: MediaManager | None = None, **overrides: Any) -> EdgeCore:
     data: dict[str, Any] = {
         "sip": {"listen": [{"transport": "udp", "host": "127.0.0.1", "port": 5060}]},
         "calls": {"no_answer_timeout": 10},
@@ -40,7 +41,7 @@ def make_core(**overrides: Any) -> EdgeCore:
     for key, value in overrides.items():
         data[key] = value
     config = parse_config(data, environ={})
-    return EdgeCore(config, {"UDP": LocalAddress("127.0.0.1", 5060)})
+    return EdgeCore(config, {"UDP": LocalAddress("127.0.0.1", 5060)}, media=media)
 
 
 @dataclass

@@ -90,7 +90,7 @@ class PortAllocator:
     with the source ports of connections the edge or SIPp open.
     """
 
-    def __init__(self, low: int = 20000, high: int = 32000, seed: int | None = None) -> None:
+    def __init__(self, low: int = 12000, high: int = 22000, seed: int | None = None) -> None:
         self._low, self._high = low, high
         self._given: set[int] = set()
         self._rng = random.Random(seed if seed is not None else os.getpid() ^ time.time_ns())
@@ -137,6 +137,10 @@ class EdgeSettings:
     max_calls: int = 10_000
     log_level: str = "INFO"
     node_id: str = "edge-e2e"
+    # Relay ports above PortAllocator's range (and below the ephemeral one) so they never collide.
+    media: dict[str, Any] = field(
+        default_factory=lambda: {"mode": "relay", "port_start": 32768 - 8 * 1200, "port_end": 32767}
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -166,6 +170,7 @@ class EdgeSettings:
                 "max_calls": self.max_calls,
             },
             "routing": {"static_routes": list(self.static_routes)},
+            "media": dict(self.media),
         }
         for section, values in self.extra.items():
             if isinstance(values, dict) and isinstance(data.get(section), dict):
