@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Fresh-machine setup for SmartPBX, safe to run again: it only does what is missing.
 #   1. system packages: SIPp (Debian/Ubuntu package sip-tester) for the end-to-end tests and the
-#      signalling benchmark, and the venv module if the chosen Python lacks it;
+#      benchmarks, libopus0 (the Opus codec), a C compiler for the native relay engine, and the
+#      venv module if the chosen Python lacks it; SMARTPBX_BENCH=1 adds rtpengine (bench/relay.py);
 #   2. .venv with Python 3.11 or newer (PYTHON=/path/to/python to choose one);
-#   3. the project installed editable with its dev extras, again only when pyproject.toml changed.
+#   3. the project installed editable with its dev extras, again only when pyproject.toml changed;
+#   4. the native relay engine (pbx_edge/media/native/relay.c) built, when a compiler is there.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,7 +41,7 @@ apt_install() {
 }
 
 # ---------------------------------------------------------------------------------------- 1. SIPp
-step 1/3 "system packages"
+step 1/4 "system packages"
 if command -v sipp >/dev/null 2>&1; then
     info "sipp present: $(command -v sipp) ($(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n1))"
 elif ! command -v apt-get >/dev/null 2>&1; then
@@ -50,8 +52,24 @@ else
     info "WARNING: could not install sip-tester (see above); the SIPp tests are skipped without it"
 fi
 
+have_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
+missing=()
+have_lib 'libopus\.so\.0' || missing+=(libopus0)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if [ "${SMARTPBX_BENCH:-0}" = "1" ] && ! command -v rtpengine >/dev/null 2>&1; then
+    missing+=(rtpengine-daemon)
+fi
+if [ "${#missing[@]}" -eq 0 ]; then
+    info "libopus0 and a C compiler present"
+elif apt_install "${missing[@]}"; then
+    info "installed: ${missing[*]}"
+else
+    info "WARNING: could not install ${missing[*]}: Opus tests skip without libopus0, the relay"
+    info "         falls back to its asyncio engine without a C compiler"
+fi
+
 # -------------------------------------------------------------------------------------- 2. Python
-step 2/3 "Python virtual environment (.venv, Python >= 3.11)"
+step 2/4 "Python virtual environment (.venv, Python >= 3.11)"
 py_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; }
 
 if [ -x "$VENV/bin/python" ] && py_ok "$VENV/bin/python"; then
@@ -81,7 +99,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------- 3. project + deps
-step 3/3 "project and dev dependencies (pip install -e '.[dev]')"
+step 3/4 "project and dev dependencies (pip install -e '.[dev]')"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -V 2>&1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
     && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage' >/dev/null 2>&1 \
@@ -90,6 +108,15 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
 else
     "$VENV/bin/python" -m pip install -e '.[dev]'
     printf '%s\n' "$want" > "$STAMP"
+fi
+
+# ------------------------------------------------------------------------- 4. native relay engine
+step 4/4 "native relay engine (C, recvmmsg/sendmmsg)"
+if command -v cc >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pbx_edge.media.native.build \
+        || info "WARNING: native relay build failed; media.engine auto uses the asyncio engine"
+else
+    info "no C compiler: media.engine auto uses the asyncio engine"
 fi
 
 printf '\n==> ready: %s, %s\n' "$("$VENV/bin/python" -V 2>&1)" \

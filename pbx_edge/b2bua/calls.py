@@ -12,6 +12,8 @@ their flow, and a proxy or trunk in front of the callee routes by Request-URI.
 
 from __future__ import annotations
 
+import logging
+
 from pbx_edge.b2bua.call import (
     Call,
     CalleeInvite,
@@ -54,6 +56,9 @@ from pbx_edge.sip.transaction import (
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
 ACCEPT = "application/sdp"
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
+
+
+log = logging.getLogger("pbx_edge.b2bua")
 
 
 def is_sdp(message: Request | Response) -> bool:
@@ -230,7 +235,20 @@ class CallFlows:
             if rseq is None or rseq <= call.last_callee_rseq:
                 return  # a retransmission, or unusable
             call.last_callee_rseq = rseq
-        out = self._callee_response_for_caller(call, resp)
+        try:
+            out = self._callee_response_for_caller(call, resp)
+        except SdpRejected as exc:  # early media we cannot relay: the ringing still goes through
+            log.warning("call %s: SDP in %d from the callee dropped: %s", call.id, resp.status, exc.reason)
+            out = relayed_response(
+                call.a_invite_tx.request,
+                resp,
+                to_tag=call.a.dialog.local_tag,
+                contact=self.contact(call.a.transport),
+                body=b"",
+            )
+            rseq = None  # without its SDP the 1xx is not relayed reliably; PRACK it ourselves
+            if "100rel" in resp.option_tags("Require"):
+                self._own_prack(call, b, call.last_callee_rseq, resp, now)
         if rseq is not None:
             if self._caller_supports_100rel(call):
                 ours = call.next_rseq
@@ -259,7 +277,14 @@ class CallFlows:
             self._send_bye(call, b, now)  # answered after the caller left
             self.end_call(call, call.end_reason or EndReason.CALLER_CANCEL, now)
             return
-        out = self._callee_response_for_caller(call, resp)
+        try:
+            out = self._callee_response_for_caller(call, resp)
+        except SdpRejected as exc:  # a 2xx cannot be refused: ACKed above, now hang the callee up
+            self._send_bye(call, b, now)
+            status, reason = (488, exc.reason) if exc.status == 488 else (502, "Bad Gateway")
+            self._fail_caller(call, status, reason, now)
+            self.end_call(call, EndReason.ERROR, now, status=status)
+            return
         self._final_to_caller(call, out, now)
         call.state = CallState.CONFIRMED
         call.answered_at = now
@@ -313,10 +338,18 @@ class CallFlows:
         self._fail_caller(call, 487, "Request Terminated", now)
         self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
 
-    def hangup(self, call_id: str, reason: EndReason, now: float, *, only_confirmed: bool = False) -> bool:
-        """End call ``call_id`` from the edge itself (media timeout, admin): BYE on both legs of a
-        talking call; a call not yet answered gets 480 on the caller leg and CANCEL on the callee
-        leg (unless ``only_confirmed``). Returns whether the call is now ending."""
+    def hangup(
+        self,
+        call_id: str,
+        reason: EndReason,
+        now: float,
+        *,
+        only_confirmed: bool = False,
+        status: tuple[int, str] = (480, "Temporarily Unavailable"),
+    ) -> bool:
+        """End call ``call_id`` from the edge itself (media timeout, admin, error): BYE on both legs
+        of a talking call; a call not yet answered gets ``status`` on the caller leg and CANCEL on
+        the callee leg (unless ``only_confirmed``). Returns whether the call is now ending."""
         call = self.calls.get(call_id)
         if call is None or call.state in (CallState.TERMINATED, CallState.CANCELLING):
             return False
@@ -329,7 +362,7 @@ class CallFlows:
         if only_confirmed:
             return False
         if not call.a_final_sent:
-            self._fail_caller(call, 480, "Temporarily Unavailable", now)
+            self._fail_caller(call, *status, now)
         self._abandon_callee(call, reason, now)
         return True
 

@@ -14,6 +14,8 @@ dialog (405).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ from pbx_edge.sip.transaction import (
     TransactionTimeout,
     TransportError,
 )
+
+log = logging.getLogger("pbx_edge.b2bua")
 
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"SUBSCRIBE", "REFER", "PUBLISH"}
 EventListener = Callable[[str, Call], None]
@@ -89,6 +93,7 @@ class EdgeCore(CallFlows):
             "dropped": 0,
             "calls_total": 0,
             "calls_rejected": 0,
+            "handler_errors": 0,
         }
         self.max_message_size = config.sip.max_message_size
         self.supported = frozenset(config.calls.supported_extensions)
@@ -175,14 +180,39 @@ class EdgeCore(CallFlows):
     def _drain(self, now: float) -> None:
         next_event = self.tx.next_event
         while (event := next_event()) is not None:
-            if isinstance(event, RequestReceived):
-                self._on_request(event.request, event.source, event.tx, now)
-            elif isinstance(event, ResponseReceived):
-                self._on_response(event.response, event.tx, now)
-            elif isinstance(event, TransactionTimeout):
-                self._on_tx_failure(event.tx, now, timeout=True)
-            elif isinstance(event, TransportError):
-                self._on_tx_failure(event.tx, now, timeout=False)
+            try:
+                if isinstance(event, RequestReceived):
+                    self._on_request(event.request, event.source, event.tx, now)
+                elif isinstance(event, ResponseReceived):
+                    self._on_response(event.response, event.tx, now)
+                elif isinstance(event, TransactionTimeout):
+                    self._on_tx_failure(event.tx, now, timeout=True)
+                elif isinstance(event, TransportError):
+                    self._on_tx_failure(event.tx, now, timeout=False)
+            except Exception:  # a bug in one call's handling must not leak it or stop the others
+                self.stats["handler_errors"] += 1
+                log.exception("error handling %s", type(event).__name__)
+                self._abort_after_error(event, now)
+
+    def _abort_after_error(self, event: object, now: float) -> None:
+        """End the call an event belonged to (500 to an unanswered caller, BYE on a talking call)
+        and answer the request that failed, so that no call, port or transaction is left behind."""
+        tx = getattr(event, "tx", None)
+        message = getattr(event, "request", None) or getattr(event, "response", None)
+        owner = getattr(tx, "owner", None)
+        call = owner if isinstance(owner, Call) else getattr(owner, "call", None)
+        if not isinstance(call, Call) and message is not None:
+            call = self.by_call_id.get(message.call_id)
+        if isinstance(tx, ServerTransaction) and tx.last_response is None:
+            with contextlib.suppress(Exception):
+                self.tx.send_response(tx, make_response(tx.request, 500, "Server Internal Error"), now)
+        if not isinstance(call, Call) or call.state is CallState.TERMINATED:
+            return
+        try:
+            self.hangup(call.id, EndReason.ERROR, now, status=(500, "Server Internal Error"))
+        except Exception:  # the signalling is beyond repair: at least free the call and its media
+            log.exception("error hanging up call %s after an error", call.id)
+            self.end_call(call, EndReason.ERROR, now)
 
     def _on_request(self, req: Request, source: Endpoint, tx: ServerTransaction | None, now: float) -> None:
         if req.method == "ACK":
