@@ -16,9 +16,18 @@ from pbx_edge.media.py_engine import PythonRelayEngine
 from pbx_edge.media.relay import RelayMedia
 from pbx_edge.ops.config import MediaConfig
 from pbx_edge.sip.message import Request, Response
-from tests.b2bua.harness import CALLEE, CALLER, SDP, Wire, answer, from_caller, from_callee, in_dialog
+from tests.b2bua.harness import (
+    CALLEE,
+    CALLER,
+    SDP,
+    Wire,
+    answer,
+    from_callee,
+    from_caller,
+    in_dialog,
+    make_core,
+)
 from tests.b2bua.harness import invite as make_invite
-from tests.b2bua.harness import make_core
 
 pytestmark = pytest.mark.timeout(300)
 
