@@ -50,7 +50,8 @@ def write_rtp_pcap(path: Path, packets: list[bytes], interval: float = 0.02) -> 
     for i, payload in enumerate(packets):
         udp = struct.pack("!HHHH", 40000, 40002, 8 + len(payload), 0) + payload
         total = 20 + len(udp)
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, i & 0xFFFF, 0, 64, 17, 0, *[socket.inet_aton(LOOPBACK)] * 2)
+        address = socket.inet_aton(LOOPBACK)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, i & 0xFFFF, 0, 64, 17, 0, address, address)
         frame = b"\x00" * 12 + b"\x08\x00" + ip + udp
         usec = round(i * interval * 1e6)
         out.append(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)) + frame)
@@ -62,7 +63,9 @@ def rtp_header(pt: int, seq: int, ts: int, ssrc: int, marker: bool = False) -> b
     return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
 
 
-def tone_rtp(codec_name: str, pt: int, seconds: float, freq: float = 440.0, ssrc: int = 0x51B0) -> list[bytes]:
+def tone_rtp(
+    codec_name: str, pt: int, seconds: float, freq: float = 440.0, ssrc: int = 0x51B0
+) -> list[bytes]:
     """A sine at ``freq`` Hz, 20 ms per packet, encoded with the registered codec ``codec_name``."""
     codec = get_codec(codec_name)
     rate = codec.info.sample_rate
@@ -73,7 +76,8 @@ def tone_rtp(codec_name: str, pt: int, seconds: float, freq: float = 440.0, ssrc
     encoder = codec.new_encoder()
     step = codec.info.clock_rate // 50
     return [
-        rtp_header(pt, 1000 + i, 5000 + i * step, ssrc, marker=i == 0) + encoder.encode(pcm[i * frame : (i + 1) * frame])
+        rtp_header(pt, 1000 + i, 5000 + i * step, ssrc, marker=i == 0)
+        + encoder.encode(pcm[i * frame : (i + 1) * frame])
         for i in range(count)
     ]
 
@@ -198,7 +202,9 @@ class Phone(asyncio.DatagramProtocol):
         elif message.method != "ACK":
             self._reply(message, addr, 200, "OK")
 
-    def _reply(self, req: Request, addr: tuple[str, int], status: int, reason: str, body: bytes = b"") -> None:
+    def _reply(
+        self, req: Request, addr: tuple[str, int], status: int, reason: str, body: bytes = b""
+    ) -> None:
         lines = [f"SIP/2.0 {status} {reason}"]
         for name in ("Via", "From", "To", "Call-ID", "CSeq"):
             for value in req.headers.get_all(name):

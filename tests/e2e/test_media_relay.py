@@ -69,7 +69,9 @@ async def test_rtp_echoed_by_sipp_comes_back_byte_identical(e2e: E2E) -> None:
         dialog = await caller.call(edge.addr)
         assert dialog.final == 200
         assert caller.remote_media is not None and caller.remote_media[1] != 0
-        sent = [rtp_header(0, i, i * 160, 0xCAFE) + bytes((i + k) % 256 for k in range(160)) for i in range(100)]
+        sent = [
+            rtp_header(0, i, i * 160, 0xCAFE) + bytes((i + k) % 256 for k in range(160)) for i in range(100)
+        ]
         for packet in sent:
             caller.send_rtp(packet)
             await asyncio.sleep(0.005)
