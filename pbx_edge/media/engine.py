@@ -109,10 +109,12 @@ class RelayEngine(Protocol):
         an injector instead); they are still counted and tapped. True by default."""
         ...
 
-    def set_tap(self, stream_id: int, enabled: bool) -> None:
-        """When True, a copy of every accepted RTP packet (not RTCP) from either side goes to
-        ``on_tap``. A copy the consumer cannot take at once is dropped and counted (``tap_drops``);
-        the relay never waits for the tap."""
+    def set_tap(self, stream_id: int, enabled: bool, payload_type: int | None = None) -> None:
+        """When ``enabled``, a copy of every accepted RTP packet (not RTCP) from either side goes
+        to ``on_tap``; when not, but ``payload_type`` is given, only the RTP packets of that
+        payload type (``telephone-event``: DTMF for every call without copying its audio); else
+        none. A copy the consumer cannot take at once is dropped and counted (``tap_drops``); the
+        relay never waits for the tap."""
         ...
 
     def send(self, stream_id: int, to_side: int, data: bytes, rtcp: bool = False) -> bool:

@@ -51,12 +51,13 @@ class _Side:
 
 
 class _Stream:
-    __slots__ = ("sides", "stream_id", "tap")
+    __slots__ = ("sides", "stream_id", "tap", "tap_pt")
 
     def __init__(self, stream_id: int, sockets: StreamSockets) -> None:
         self.stream_id = stream_id
         self.sides = (_Side(sockets.a_rtp, sockets.a_rtcp), _Side(sockets.b_rtp, sockets.b_rtcp))
         self.tap = False
+        self.tap_pt = -1  # with tap False: copy only this payload type (-1: none)
 
 
 class PythonRelayEngine:
@@ -105,8 +106,10 @@ class PythonRelayEngine:
     def set_forwarding(self, stream_id: int, to_side: int, enabled: bool) -> None:
         self._streams[stream_id].sides[to_side].forward = enabled
 
-    def set_tap(self, stream_id: int, enabled: bool) -> None:
-        self._streams[stream_id].tap = enabled
+    def set_tap(self, stream_id: int, enabled: bool, payload_type: int | None = None) -> None:
+        stream = self._streams[stream_id]
+        stream.tap = enabled
+        stream.tap_pt = -1 if payload_type is None else payload_type
 
     def send(self, stream_id: int, to_side: int, data: bytes, rtcp: bool = False) -> bool:
         stream = self._streams.get(stream_id)
@@ -169,7 +172,7 @@ class PythonRelayEngine:
             else:
                 stats.rtp_packets_in += 1
                 stats.rtp_bytes_in += len(data)
-                if stream.tap and self.on_tap is not None:
+                if (stream.tap or data[1] & 0x7F == stream.tap_pt) and self.on_tap is not None:
                     self.on_tap(stream.stream_id, side, data, now)
             if there.forward and self._send_to(there, data, rtcp):
                 totals.packets_relayed += 1

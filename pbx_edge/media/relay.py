@@ -25,10 +25,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pbx_edge.media.call_audio import CallAudio, DtmfListener
 from pbx_edge.media.engine import SIDE_A, SIDE_B, Address, RelayEngine, StreamSockets
+from pbx_edge.media.injector import PlayableAudio
 from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.media.ports import CallPorts, PoolUsage, PortPool, default_probe
 from pbx_edge.media.sdp import Direction, MediaSection, SessionDescription, rewrite_for_relay
+from pbx_edge.media.tap import TapQueue
 from pbx_edge.ops.config import MediaConfig
 
 log = logging.getLogger("pbx_edge.media")
@@ -85,7 +88,15 @@ class RelaySession:
         self.sdp: dict[Side, SessionDescription] = {}
         self.hold: dict[Side, bool] = {Side.CALLER: False, Side.CALLEE: False}
         self.idle_since = now  # restarted by every SDP exchange
+        self.answer_from: Side | None = None  # the side whose SDP was the last answer
         self.closed = False
+        recording = manager.config.recording
+        self.audio = CallAudio(
+            self,
+            manager.config.tap_queue_frames,
+            on_dtmf=manager.report_dtmf,
+            recording_dir=recording.directory if recording.enabled else None,
+        )
 
     # --- MediaSession ----------------------------------------------------------------------------
     def rewrite(self, from_side: Side, kind: SdpKind, sdp: bytes) -> bytes:
@@ -116,18 +127,49 @@ class RelaySession:
             ports.append(self._port(to_side, index))
         self.sdp[from_side] = parsed
         self.hold[from_side] = any_hold
+        if kind is SdpKind.ANSWER:
+            self.answer_from = from_side
         self.idle_since = self.manager.clock()
+        self.audio.apply()
         return bytes(rewrite_for_relay(parsed, self.manager.address, ports))
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.audio.close()
         for stream_id in self.stream_ids:
             if stream_id is not None:
                 self.manager.forget_stream(stream_id)
         self.stream_ids = [None] * MAX_STREAMS
         self.manager.session_closed(self)
+
+    # --- audio: see pbx_edge/media/call_audio.py ---------------------------------------------------
+    def audio_stream_id(self) -> int | None:
+        """The engine stream of the first audio m-line, once it has been opened."""
+        for index, stream_id in enumerate(self.stream_ids):
+            if stream_id is None:
+                continue
+            for sdp in self.sdp.values():
+                if index < len(sdp.media) and sdp.media[index].media == "audio":
+                    return stream_id
+        return None
+
+    def subscribe_tap(self, capacity: int | None = None) -> TapQueue:
+        """Decoded 16 kHz frames of both legs, 20 ms each; see :class:`TapQueue`."""
+        return self.audio.subscribe(capacity)
+
+    def unsubscribe_tap(self, queue: TapQueue) -> None:
+        self.audio.unsubscribe(queue)
+
+    def play(self, leg: Side, pcm: PlayableAudio, sample_rate: int = 16000) -> float:
+        return self.audio.play(leg, pcm, sample_rate)
+
+    def stop_playback(self, leg: Side) -> int:
+        return self.audio.stop_playback(leg)
+
+    def bridge_to_injector(self, leg: Side, bridged: bool = True) -> None:
+        self.audio.bridge_to_injector(leg, bridged)
 
     # --- helpers ---------------------------------------------------------------------------------
     @property
@@ -195,6 +237,8 @@ class RelayMedia:
         self._family = socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET
         self._checker: asyncio.Task[None] | None = None
         self.stats = {"sessions_opened": 0, "sessions_rejected": 0, "inactivity_hangups": 0}
+        self.dtmf_listeners: list[DtmfListener] = []
+        engine.on_tap = self._on_tap
 
     # --- MediaManager ----------------------------------------------------------------------------
     def open_session(self, call_id: str) -> RelaySession:
@@ -254,6 +298,16 @@ class RelayMedia:
         if self.sessions.get(session.call_id) is session:
             del self.sessions[session.call_id]
         self.pool.release(session.call_id)
+
+    # --- audio -----------------------------------------------------------------------------------
+    def _on_tap(self, stream_id: int, side: int, packet: bytes, arrival: float) -> None:
+        session = self.streams.get(stream_id)
+        if session is not None and session.audio_stream_id() == stream_id:
+            session.audio.on_packet(side, packet, arrival)
+
+    def report_dtmf(self, call_id: str, leg: Side, digit: str) -> None:
+        for listener in self.dtmf_listeners:
+            listener(call_id, leg, digit)
 
     # --- inactivity ------------------------------------------------------------------------------
     def check_inactivity(self, now: float) -> list[str]:

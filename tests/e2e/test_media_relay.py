@@ -50,7 +50,7 @@ async def test_pcap_audio_reaches_the_callee_byte_identical(e2e: E2E) -> None:
         pcap = SIPP_PCAPS / "g711a.pcap"
         scenario = pcap_scenario(e2e.workdir, pcap, 8, "PCMA/8000", pause_ms=7800)
         result = await asyncio.to_thread(e2e.run_uac, scenario, edge.addr, calls=1, timeout_s=30)
-        assert result.ok, result.describe()
+        assert result.ok(1), result.describe()
         sent = pcap_udp_payloads(pcap)
         received = [r.data for r in callee.rtp]
         assert len(received) == len(sent) == 236
@@ -81,7 +81,7 @@ async def test_rtp_echoed_by_sipp_comes_back_byte_identical(e2e: E2E) -> None:
         assert await dialog.bye() == 200
     finally:
         caller.close()
-    assert e2e.finish_uas(uas).ok
+    assert e2e.finish_uas(uas).ok(1)
 
 
 async def test_port_exhaustion_gets_503_while_live_calls_keep_their_media(e2e: E2E) -> None:

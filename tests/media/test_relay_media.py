@@ -42,7 +42,7 @@ def _sdp(port: int, *, extra: str = "", host: str = HOST, video: int | None = No
 
 def _free_range(size: int = 64) -> int:
     """An even base port with ``size`` free UDP ports above it (ports are probed again on use)."""
-    for base in range(47000, 52000, size):
+    for base in range(6000, 12000 - size, size):  # below the e2e PortAllocator, above well-known ports
         socks = []
         try:
             for port in range(base, base + size):

@@ -36,7 +36,7 @@ CALLEE_SDP = SDP.replace(b"6000", b"7000")
 
 
 def _free_base(size: int) -> int:
-    for base in range(40000, 60000 - size, size):
+    for base in range(6000, 12000 - size, size):  # below the e2e PortAllocator, above well-known ports
         socks: list[socket.socket] = []
         try:
             for port in range(base, base + size, 4):  # a sample is enough; the pool probes anyway
