@@ -248,3 +248,23 @@ async def test_stop_closes_every_stream(engine: RelayEngine) -> None:
     probe.bind((HOST, port))  # the port is free again
     probe.close()
     assert engine.stats().streams == 0
+
+
+async def test_tap_of_one_payload_type_copies_only_those_packets(rig: Rig) -> None:
+    rig.engine.set_tap(1, False, 101)  # telephone-event only: DTMF without the audio
+    rig.caller_rtp.sendto(_rtp(1), rig.a_rtp)
+    rig.caller_rtp.sendto(_rtp(2, b"\x05\x0a\x00\xa0", pt=101), rig.a_rtp)
+    rig.caller_rtp.sendto(_rtp(3, b"\x05\x8a\x00\xa0", pt=101 | 0x80), rig.a_rtp)  # with marker
+    for _ in range(3):
+        await _recv(rig.callee_rtp)
+    for _ in range(50):
+        if len(rig.taps) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert [data[1] & 0x7F for _, _, data, _ in rig.taps] == [101, 101]
+    rig.engine.set_tap(1, False)
+    rig.caller_rtp.sendto(_rtp(4, pt=101), rig.a_rtp)
+    await _recv(rig.callee_rtp)
+    await asyncio.sleep(0.05)
+    assert len(rig.taps) == 2
