@@ -37,6 +37,7 @@ from pbx_edge.b2bua.messages import (
 )
 from pbx_edge.b2bua.no_answer import NoAnswerPolicy
 from pbx_edge.b2bua.routing import Router
+from pbx_edge.media.dtmf import parse_info_dtmf
 from pbx_edge.media.interface import MediaManager, MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.dialog import Dialog
@@ -88,6 +89,9 @@ class CallFlows:
         raise NotImplementedError
 
     def local_host(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def emit_dtmf(self, call: Call, side: Side, digit: str) -> None:
         raise NotImplementedError
 
     def emit(self, event: str, call: Call) -> None:
@@ -506,6 +510,10 @@ class CallFlows:
                 return
             leg.in_invite_pending = True
             other.out_invite_pending = True
+        if method == "INFO" and req.body:
+            digit = parse_info_dtmf(req.headers.get("Content-Type") or "", req.body)
+            if digit is not None:
+                self.emit_dtmf(call, leg.side, digit)
         if method in TARGET_REFRESH:
             leg.dialog.update_target(req)
         contact = self.contact(other.transport) if method in TARGET_REFRESH else None

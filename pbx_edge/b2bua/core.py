@@ -28,7 +28,7 @@ from pbx_edge.b2bua.no_answer import NoAnswerPolicy, RejectOnNoAnswer
 from pbx_edge.b2bua.options_ping import OptionsPinger
 from pbx_edge.b2bua.registrar import Registrar
 from pbx_edge.b2bua.routing import Router
-from pbx_edge.media.interface import MediaManager, PassThroughMedia
+from pbx_edge.media.interface import MediaManager, PassThroughMedia, Side
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.headers import Via
@@ -51,6 +51,7 @@ log = logging.getLogger("pbx_edge.b2bua")
 
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"SUBSCRIBE", "REFER", "PUBLISH"}
 EventListener = Callable[[str, Call], None]
+DtmfListener = Callable[[str, Side, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class EdgeCore(CallFlows):
         self.by_call_id: dict[str, Call] = {}  # both legs' Call-IDs -> call
         self.timers: TimerHeap[tuple[str, str, int]] = TimerHeap()
         self.listeners: list[EventListener] = []
+        self.dtmf_listeners: list[DtmfListener] = []  # (call id, leg, digit): SIP INFO DTMF
         self.stats: dict[str, int] = {
             "parse_errors": 0,
             "dropped": 0,
@@ -171,6 +173,10 @@ class EdgeCore(CallFlows):
     def contact(self, transport: str) -> str:
         local = self.local_for(transport)
         return contact_header(local.host, local.port, transport)
+
+    def emit_dtmf(self, call: Call, side: Side, digit: str) -> None:
+        for listener in self.dtmf_listeners:
+            listener(call.id, side, digit)
 
     def emit(self, event: str, call: Call) -> None:
         for listener in self.listeners:

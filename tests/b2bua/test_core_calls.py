@@ -435,3 +435,28 @@ def test_retransmitted_invite_is_absorbed_and_2xx_retransmission_reacked() -> No
     acks = [m for m in wire.take(CALLEE) if isinstance(m, Request) and m.method == "ACK"]
     assert len(acks) == 2
     assert core.stats["calls_total"] == 1
+
+
+def test_sip_info_dtmf_is_relayed_and_reported_once() -> None:
+    core = make_core()
+    digits: list[tuple[str, str, str]] = []
+    core.dtmf_listeners.append(lambda call_id, leg, digit: digits.append((call_id, leg.value, digit)))
+    wire = Wire(core)
+    a_inv, b_inv, ok = _establish(wire)
+    info = from_caller("INFO", a_inv, ok, 2, "z9hG4bKinfo1")
+    info.headers.add("Content-Type", "application/dtmf-relay")
+    info.body = b"Signal=5\r\nDuration=160\r\n"
+    wire.deliver(info, CALLER)
+    relayed = wire.take_one(CALLEE, "INFO")
+    assert isinstance(relayed, Request) and relayed.body == info.body
+    plain = from_callee("INFO", b_inv, 2, "z9hG4bKinfo2")
+    plain.headers.add("Content-Type", "application/dtmf")
+    plain.body = b"#"
+    wire.deliver(plain, CALLEE)
+    not_dtmf = from_callee("INFO", b_inv, 3, "z9hG4bKinfo3")
+    not_dtmf.headers.add("Content-Type", "application/json")
+    not_dtmf.body = b"{}"
+    wire.deliver(not_dtmf, CALLEE)
+    call = core.call_for(a_inv.call_id)
+    assert call is not None
+    assert digits == [(call.id, "caller", "5"), (call.id, "callee", "#")]
