@@ -109,3 +109,27 @@ async def test_port_exhaustion_gets_503_while_live_calls_keep_their_media(e2e: E
     finally:
         for phone in phones:
             phone.close()
+
+
+async def test_media_inactivity_hangs_up_both_legs(e2e: E2E) -> None:
+    callee = await Phone().start()
+    caller = await Phone().start()
+    try:
+        settings = e2e.edge_settings(uas_port=callee.sip_port)
+        settings.media = {**settings.media, "inactivity_timeout": 1.0}
+        edge = e2e.start_edge(settings)
+        dialog = await caller.call(edge.addr)
+        assert dialog.final == 200
+        for seq in range(25):  # 0.5 s of media, then silence on both sides
+            caller.send_rtp(rtp_header(0, seq, seq * 160, 7) + bytes(160))
+            callee.send_rtp(rtp_header(0, seq, seq * 160, 8) + bytes(160))
+            await asyncio.sleep(0.02)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(callee.byed.wait(), 5)
+        await asyncio.wait_for(caller.byed.wait(), 5)
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.9 < waited < 2.5  # inactivity_timeout, checked every timeout/4
+        assert "no media" in edge.log_tail(20)
+    finally:
+        caller.close()
+        callee.close()
