@@ -14,8 +14,10 @@ Everything runs on 127.0.0.1 and every process is bounded in time:
 4. **throughput**: SIPp UAC -> edge -> SIPp UAS at increasing rates (``uac_basic.xml`` /
    ``uas_basic.xml``: INVITE/180/200/ACK/BYE/200, no media, no pause), each step ``rate x
    step-seconds`` calls; per step the share of calls that succeeded, the rate SIPp achieved, and the
-   edge's CPU % and RSS (psutil, sampled every 0.25 s, children included). A rate is *sustained*
-   when more than 99.9 % of its calls succeed at 95 % or more of the target rate;
+   edge's CPU % and RSS (psutil, sampled every 0.25 s, children included). The edge runs with
+   ``media.mode: passthrough`` (``--media relay`` binds relay ports for every call as well). A
+   rate is *sustained* when more than 99.9 % of its calls succeed at 95 % or more of the target
+   rate;
 5. the same rates SIPp UAC -> SIPp UAS directly (what SIPp itself manages on this machine, on the
    same cores) and the ratio of the two highest sustained rates.
 
@@ -377,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="run every rate even after one fails")
     parser.add_argument("--skip-direct", action="store_true", help="skip the SIPp UAC -> SIPp UAS baseline")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--media",
+        choices=("passthrough", "relay"),
+        default="passthrough",
+        help="edge media mode (default passthrough: SDP untouched, signalling alone is measured)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp stats)")
     args = parser.parse_args(argv)
 
@@ -401,10 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bound = (len(rates) * (seconds + 45)) * 2 + 300
         uas = e2e.start_uas("uas_basic.xml", calls=None, timeout_s=bound, trace_msg=False)
-        edge = e2e.start_edge(
-            e2e.edge_settings(uas_port=uas.port, log_level="WARNING", max_calls=1_000_000),
-            max_lifetime_s=bound,
-        )
+        settings = e2e.edge_settings(uas_port=uas.port, log_level="WARNING", max_calls=1_000_000)
+        settings.media = {"mode": args.media}  # passthrough: signalling only (bench/relay.py: media)
+        edge = e2e.start_edge(settings, max_lifetime_s=bound)
         print(f"edge: pid {edge.edge_pid} on {LOOPBACK}:{edge.settings.port}: {' '.join(edge.command)}")
         rss_start = rss_mb(edge.edge_pid)
 

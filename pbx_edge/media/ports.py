@@ -21,16 +21,14 @@ port       field                use
                                 sent to the caller; the caller's media arrives here and the
                                 callee's media is sent to the caller from here.
 ``b + 1``  ``caller_rtcp``      RTCP of that stream (RFC 3550: RTCP = RTP + 1).
-``b + 2``  ``caller_aux_rtp``   second RTP port of the A leg: the leg's side toward the
-                                other leg, kept as a spare so a re-INVITE can move the
-                                caller's media to a fresh port (or carry a second media
-                                stream, e.g. video) without touching the live one.
-``b + 3``  ``caller_aux_rtcp``  RTCP of the A leg's second stream.
+``b + 2``  ``caller_aux_rtp``   RTP of the call's second media stream (the second m-line,
+                                e.g. video next to audio) toward the caller; bound only
+                                when such a stream is negotiated.
+``b + 3``  ``caller_aux_rtcp``  RTCP of that second stream.
 ``b + 4``  ``callee_rtp``       RTP toward the callee (B leg): the port written in the SDP
                                 sent to the callee.
 ``b + 5``  ``callee_rtcp``      RTCP of that stream.
-``b + 6``  ``callee_aux_rtp``   second RTP port of the B leg (spare for re-INVITE / a second
-                                stream), as for the A leg.
+``b + 6``  ``callee_aux_rtp``   RTP of the second media stream toward the callee, as above.
 ``b + 7``  ``callee_aux_rtcp``  RTCP of the B leg's second stream.
 =========  ===================  ==========================================================
 
