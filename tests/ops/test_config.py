@@ -3,18 +3,52 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from pbx_edge.cli import main
-from pbx_edge.ops.config import ConfigError, load_config, parse_config
+from pbx_edge.ops.config import ConfigError, EdgeConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _missing_keys(model: type[BaseModel], data: object, where: str) -> list[str]:
+    """Schema fields (nested models included) that the sample YAML does not show."""
+    missing = []
+    for name, field in model.model_fields.items():
+        if not isinstance(data, dict) or name not in data:
+            missing.append(f"{where}{name}")
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            missing += _missing_keys(annotation, data[name], f"{where}{name}.")
+    return missing
+
+
 def test_sample_config_is_valid_and_complete() -> None:
-    config = load_config(ROOT / "config" / "edge.yaml", environ={})
+    path = ROOT / "config" / "edge.yaml"
+    config = load_config(path, environ={})
     assert config.sip.listen[0].port == 5060
     assert config.sip.timers.t1 == 0.5
     assert config.routing.static_routes[0].target == "sip:127.0.0.1:5070"
+    assert _missing_keys(EdgeConfig, yaml.safe_load(path.read_text()), "") == []
+
+
+@pytest.mark.parametrize(
+    ("media", "field", "reason"),
+    [
+        ({"port_start": 20001}, "media.port_start", "even"),
+        ({"port_start": 20000, "port_end": 20005}, "media", "at least 8 ports"),
+        ({"bind_host": "0.0.0.0"}, "media", "advertised_address is required"),
+        ({"bind_host": "edge.example"}, "media.bind_host", "IP address"),
+        ({"engine": "rust"}, "media.engine", "'rust'"),
+        ({"inactivity_timeout": 0}, "media.inactivity_timeout", "greater than 0"),
+    ],
+)
+def test_bad_media_settings_name_the_field(media: dict[str, object], field: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"media": media}, environ={})
+    assert field in str(err.value) and reason in str(err.value)
 
 
 def test_error_names_field_value_and_reason() -> None:
