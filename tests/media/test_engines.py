@@ -20,7 +20,7 @@ def test_auto_falls_back_to_python_without_the_native_library(monkeypatch: pytes
 
 def test_native_without_the_library_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engines, "native_available", lambda: False)
-    with pytest.raises(ConfigError, match="media.engine.*not built"):
+    with pytest.raises(ConfigError, match=r"media\.engine.*not built"):
         engines.make_engine(MediaConfig(engine="native"))
 
 
