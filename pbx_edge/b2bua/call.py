@@ -83,6 +83,7 @@ class Call:
     unacked_reliable: dict[int, ReliableProvisional] = field(default_factory=dict)
     last_callee_rseq: int = 0
     route_source: str = ""
+    late_offer_cseq: int | None = None  # callee 2xx carried the offer: its ACK waits for the caller's
 
     def leg_for_call_id(self, call_id: str) -> Leg | None:
         if call_id == self.a.dialog.call_id:

@@ -276,7 +276,11 @@ class CallFlows:
             self._resend_ack(b)  # a retransmitted 2xx: our ACK was lost
             return
         b.dialog.update_from_response(resp)
-        self._ack(b, resp.cseq.seq)
+        late_offer = not is_sdp(call.a_invite_tx.request) and is_sdp(resp)
+        if late_offer and not call.a_final_sent and call.state in (CallState.TRYING, CallState.EARLY):
+            call.late_offer_cseq = resp.cseq.seq  # RFC 3264 late offer: the answer comes in the ACK
+        else:
+            self._ack(b, resp.cseq.seq)
         if call.a_final_sent or call.state in (CallState.CANCELLING, CallState.TERMINATED):
             self._send_bye(call, b, now)  # answered after the caller left
             self.end_call(call, call.end_reason or EndReason.CALLER_CANCEL, now)
@@ -587,7 +591,23 @@ class CallFlows:
         self.end_call(call, EndReason.TIMEOUT, now)
 
     def on_ack(self, req: Request, now: float) -> None:
-        """ACK for a 2xx we sent: each leg's ACK is ours to send, so nothing crosses to the other leg."""
+        """ACK for a 2xx we sent: each leg's ACK is ours to send, so nothing crosses to the other
+        leg, except the SDP answer of a late offer, which the callee's ACK carries on."""
+        call = self.by_call_id.get(req.call_id)
+        if call is None or call.late_offer_cseq is None or call.a.dialog.call_id != req.call_id:
+            return
+        b = call.b
+        cseq, call.late_offer_cseq = call.late_offer_cseq, None
+        if b is None:
+            return
+        try:
+            body = self._rewrite(call, Side.CALLER, req)
+        except SdpRejected as exc:  # the caller's answer is unusable: the callee cannot use it either
+            log.warning("call %s: SDP answer in the caller's ACK refused: %s", call.id, exc.reason)
+            self._ack(b, cseq)
+            self.hangup(call.id, EndReason.ERROR, now)
+            return
+        self._ack(b, cseq, body)
 
     # --- sending helpers -------------------------------------------------------------------------------
     def _dest(self, leg: Leg) -> Endpoint:
@@ -595,8 +615,11 @@ class CallFlows:
             return leg.dialog.next_hop(leg.transport)
         return leg.peer
 
-    def _ack(self, leg: Leg, cseq: int) -> None:
+    def _ack(self, leg: Leg, cseq: int, body: bytes = b"") -> None:
         ack = leg.dialog.ack(cseq, self.via(leg.transport))
+        if body:
+            ack.headers.add("Content-Type", "application/sdp")
+            ack.body = body
         dest = self._dest(leg)
         leg.last_ack = (ack, dest)
         self.tx.send_stateless(ack, dest)
@@ -613,7 +636,8 @@ class CallFlows:
     def _rewrite(self, call: Call, from_side: Side, message: Request | Response) -> bytes:
         if not is_sdp(message):
             return b""
-        kind = SdpKind.OFFER if isinstance(message, Request) and message.method != "PRACK" else SdpKind.ANSWER
+        is_offer = isinstance(message, Request) and message.method not in ("PRACK", "ACK")
+        kind = SdpKind.OFFER if is_offer else SdpKind.ANSWER
         return call.media.rewrite(from_side, kind, message.body)
 
 

@@ -460,3 +460,28 @@ def test_sip_info_dtmf_is_relayed_and_reported_once() -> None:
     call = core.call_for(a_inv.call_id)
     assert call is not None
     assert digits == [(call.id, "caller", "5"), (call.id, "callee", "#")]
+
+
+def test_late_offer_answer_in_the_caller_ack_reaches_the_callee_ack() -> None:
+    """INVITE without SDP (RFC 3264 late offer): the callee's 2xx carries the offer and the caller's
+    ACK the answer, which the callee gets in its own ACK: the edge holds that ACK until then."""
+    core = make_core()
+    wire = Wire(core)
+    a_inv = invite(body=b"")
+    wire.deliver(a_inv, CALLER)
+    b_inv = wire.take_one(CALLEE, "INVITE")
+    assert isinstance(b_inv, Request) and not b_inv.body
+    wire.deliver(answer(b_inv, 200, "OK", body=SDP), CALLEE)
+    assert not [m for m in wire.take(CALLEE) if isinstance(m, Request) and m.method == "ACK"]
+    ok = wire.take_one(CALLER, "200")
+    assert isinstance(ok, Response) and ok.body == SDP  # the offer (pass-through media here)
+    answer_sdp = SDP.replace(b"6000", b"6100")
+    ack = ack_for(a_inv, ok, CALLER, "z9hG4bKlateack")
+    ack.headers.add("Content-Type", "application/sdp")
+    ack.body = answer_sdp
+    wire.deliver(ack, CALLER)
+    b_ack = wire.take_one(CALLEE, "ACK")
+    assert isinstance(b_ack, Request) and b_ack.body == answer_sdp
+    assert b_ack.headers.get("Content-Type") == "application/sdp"
+    wire.deliver(ack, CALLER)  # a retransmitted ACK crosses nothing
+    assert not wire.take(CALLEE)
