@@ -178,6 +178,94 @@ class MediaConfig(_Strict):
         return self
 
 
+class LoggingConfig(_Strict):
+    """structlog output: JSON lines, or a readable console format when ``auto`` and a terminal."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    file: Path | None = None  # also append JSON lines here
+
+
+class EventsConfig(_Strict):
+    recent: int = Field(1000, ge=1)  # events kept in memory for /api/events
+
+
+class WebhookTarget(_Strict):
+    url: str
+    events: list[str] = Field(default_factory=lambda: ["*"])  # names or prefixes ending in '*'
+    secret: str | None = None  # HMAC-SHA256 key; prefer secret_env
+    secret_env: str | None = None  # name of the environment variable holding the key
+    timeout: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class WebhooksConfig(_Strict):
+    targets: list[WebhookTarget] = Field(default_factory=list)
+    outbox_url: str = "sqlite:///data/outbox.sqlite3"  # SQLAlchemy URL; postgresql://... in production
+    backoff_initial: float = Field(1.0, gt=0)  # seconds before the first retry
+    backoff_max: float = Field(300.0, gt=0)  # retry interval cap; deliveries are retried until they land
+    signature_header: str = "X-SmartPBX-Signature"
+
+
+class CdrConfig(_Strict):
+    url: str = "sqlite:///data/cdr.sqlite3"  # SQLAlchemy URL
+
+
+class AdminToken(_Strict):
+    """A bearer token, stored as the hex SHA-256 of the token (never the token itself)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["viewer", "admin"] = "viewer"
+
+
+class AdminConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tokens: list[AdminToken] = Field(default_factory=list)
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class RateLimitConfig(_Strict):
+    """New INVITEs per source IP: token bucket; beyond ``drop_above`` per second, silence."""
+
+    invites_per_second: float = Field(10.0, gt=0)
+    burst: int = Field(20, ge=1)
+    drop_above: float = Field(100.0, gt=0)  # per source: above this, excess is dropped, not answered
+    retry_after: int = Field(5, ge=1)
+    allow: list[str] = Field(default_factory=list)  # IPs or CIDRs never limited (trunks)
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+
+class ResourcesConfig(_Strict):
+    memory_watermark_mb: float | None = Field(None, gt=0)  # RSS above this: new calls get 503
+    check_interval: float = Field(1.0, gt=0)
+
+
+class ShutdownConfig(_Strict):
+    drain_timeout: float = Field(30.0, ge=0)  # SIGTERM: live calls get this long to end by themselves
+
+
 class EdgeConfig(_Strict):
     node_id: str = "edge-1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -186,6 +274,15 @@ class EdgeConfig(_Strict):
     calls: CallsConfig = CallsConfig()
     routing: RoutingConfig = RoutingConfig()
     media: MediaConfig = MediaConfig()
+    logging: LoggingConfig = LoggingConfig()
+    events: EventsConfig = EventsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    cdr: CdrConfig = CdrConfig()
+    admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
 
 
 class ConfigError(ValueError):
