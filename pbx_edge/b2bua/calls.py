@@ -13,6 +13,7 @@ their flow, and a proxy or trunk in front of the callee routes by Request-URI.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pbx_edge.b2bua.call import (
     Call,
@@ -81,6 +82,7 @@ class CallFlows:
     settings: TimerSettings
     stats: dict[str, int]
     supported: frozenset[str]
+    refusing: str | None
 
     def via(self, transport: str) -> str:
         raise NotImplementedError
@@ -92,6 +94,9 @@ class CallFlows:
         raise NotImplementedError
 
     def emit_dtmf(self, call: Call, side: Side, digit: str) -> None:
+        raise NotImplementedError
+
+    def notify(self, name: str, data: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def emit(self, event: str, call: Call) -> None:
@@ -129,7 +134,7 @@ class CallFlows:
     # --- new calls -------------------------------------------------------------------------------
     def on_initial_invite(self, req: Request, source: Endpoint, tx: ServerTransaction, now: float) -> None:
         self.tx.send_response(tx, make_response(req, 100, "Trying"), now)
-        if len(self.calls) >= self.config.calls.max_calls:
+        if len(self.calls) >= self.config.calls.max_calls or self.refusing is not None:
             self._reject(tx, 503, "Service Unavailable", now, retry_after=5)
             return
         ruri = req.request_uri
@@ -199,6 +204,18 @@ class CallFlows:
             reply.headers.add("Retry-After", str(retry_after))
         self.stats["calls_rejected"] += 1
         self.tx.send_response(tx, reply, now)
+        req = tx.request
+        self.notify(
+            "call.rejected",
+            {
+                "a_call_id": req.call_id,
+                "caller": caller_identity(req),
+                "callee": req.request_uri.user_unescaped or req.request_uri.host,
+                "sip_code": status,
+                "reason": self.refusing or reason,
+                "time": now,
+            },
+        )
 
     # --- responses on the callee leg ---------------------------------------------------------------
     def on_call_response(self, owner: object, tx: ClientTransaction, resp: Response, now: float) -> None:

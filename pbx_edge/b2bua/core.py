@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
 from pbx_edge.b2bua.calls import ACCEPT, ALLOW, CallFlows
@@ -52,6 +54,7 @@ log = logging.getLogger("pbx_edge.b2bua")
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"SUBSCRIBE", "REFER", "PUBLISH"}
 EventListener = Callable[[str, Call], None]
 DtmfListener = Callable[[str, Side, str], None]
+NoticeListener = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,10 @@ class EdgeCore(CallFlows):
         self.timers: TimerHeap[tuple[str, str, int]] = TimerHeap()
         self.listeners: list[EventListener] = []
         self.dtmf_listeners: list[DtmfListener] = []  # (call id, leg, digit): SIP INFO DTMF
+        # Things that are not (yet) a call: call.rejected (before a call exists), registration.*.
+        self.notice_listeners: list[NoticeListener] = []
+        self.refusing: str | None = None  # set while draining or over a resource limit: new calls get 503
+        self.sip_received: Counter[str] = Counter()  # requests by method, responses by status code
         self.stats: dict[str, int] = {
             "parse_errors": 0,
             "dropped": 0,
@@ -113,7 +120,10 @@ class EdgeCore(CallFlows):
                 self.stats["dropped"] += 1
             return
         if isinstance(message, Request):
+            self.sip_received[message.method] += 1
             self._fix_via_received(message, source)
+        else:
+            self.sip_received[str(message.status)] += 1
         self.tx.receive(message, source, now)
         self._drain(now)
 
@@ -125,7 +135,8 @@ class EdgeCore(CallFlows):
         self.tx.handle_timer(now)
         for key in self.timers.pop_due(now):
             self._on_call_timer(key, now)
-        self.location.expire(now)  # registration.expired events arrive with the operations issue
+        for binding in self.location.expire(now):
+            self.notify_binding("registration.expired", binding, now)
         for binding in self.pinger.due(now):  # empty when pinging is disabled
             self._send_options_ping(binding, now)
         self._drain(now)
@@ -173,6 +184,25 @@ class EdgeCore(CallFlows):
     def contact(self, transport: str) -> str:
         local = self.local_for(transport)
         return contact_header(local.host, local.port, transport)
+
+    def notify(self, name: str, data: dict[str, Any]) -> None:
+        for listener in self.notice_listeners:
+            listener(name, data)
+
+    def notify_binding(self, name: str, binding: Binding, now: float) -> None:
+        if not self.notice_listeners:
+            return
+        source = binding.source
+        self.notify(
+            name,
+            {
+                "aor": binding.aor,
+                "contact": str(binding.contact.uri),
+                "source": f"{source.transport.lower()}:{source.host}:{source.port}",
+                "expires": max(0.0, binding.expires_at - now),
+                "time": now,
+            },
+        )
 
     def emit_dtmf(self, call: Call, side: Side, digit: str) -> None:
         for listener in self.dtmf_listeners:
@@ -250,6 +280,10 @@ class EdgeCore(CallFlows):
         elif method == "REGISTER":
             result = self.registrar.handle_register(req, source, now, wall_time=self.wall_clock())
             self.tx.send_response(tx, result.response, now)
+            for binding in result.added:
+                self.notify_binding("registration.added", binding, now)
+            for binding in result.removed:
+                self.notify_binding("registration.removed", binding, now)
         elif method == "OPTIONS":
             self._reply(tx, 200, "OK", now, allow=True, capabilities=True)
         elif method in ("BYE", "PRACK", "UPDATE", "INFO"):

@@ -1,0 +1,229 @@
+"""The CDR store: one row per call, in SQLite by default or PostgreSQL by URL (SQLAlchemy Core).
+
+Why batched: a call ends on the event loop, and a synchronous INSERT + COMMIT (an fsync on SQLite)
+would stall every other call for milliseconds. ``add()`` only appends to a buffer; a
+:class:`~pbx_edge.ops.db.BatchWriter` commits the buffer from a worker thread about every 100 ms.
+Reads (``query``, ``export_csv``, ``count``) are coroutines: they first flush the buffer, so they
+always see every record accepted before the call, and then run the SELECT in a thread.
+
+Durability: ``close()`` writes everything that was accepted; a crash can lose at most the records
+of the last ~100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    func,
+    insert,
+    select,
+    true,
+)
+from sqlalchemy.engine import Engine
+
+from pbx_edge.ops.db import BatchWriter, BigId, make_engine
+from pbx_edge.ops.models import CdrRecord
+
+FIELDS: tuple[str, ...] = tuple(CdrRecord.model_fields)
+
+metadata = MetaData()
+
+cdr_table = Table(
+    "cdr",
+    metadata,
+    # A surrogate key: a duplicate call_id (a node bug) must not wedge the writer on a constraint.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("call_id", String(128), nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("a_call_id", String(256), nullable=False),
+    Column("b_call_id", String(256)),
+    Column("caller", String(256), nullable=False),
+    Column("callee", String(256), nullable=False),
+    Column("start", Double, nullable=False),
+    Column("answer", Double),
+    Column("end", Double, nullable=False),
+    Column("duration", Double, nullable=False),
+    Column("billsec", Double, nullable=False),
+    Column("disposition", String(16), nullable=False),
+    Column("end_reason", String(64), nullable=False),
+    Column("hangup_side", String(8), nullable=False),
+    Column("sip_code", Integer),
+    Column("codec", String(32)),
+    Index("ix_cdr_start", "start"),
+    Index("ix_cdr_caller", "caller"),
+    Index("ix_cdr_callee", "callee"),
+    Index("ix_cdr_disposition", "disposition"),
+    Index("ix_cdr_call_id", "call_id"),
+    sqlite_autoincrement=True,
+)
+
+
+class CdrStore:
+    """Buffered, batched CDR storage; see the module docstring."""
+
+    def __init__(self, url: str = "sqlite:///data/cdr.sqlite3", *, flush_interval: float = 0.1) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._opening = asyncio.Lock()
+        self._writer: BatchWriter[dict[str, Any]] = BatchWriter("cdr", self._write, interval=flush_interval)
+
+    @property
+    def pending(self) -> int:
+        """Records accepted but not yet committed."""
+        return self._writer.pending
+
+    async def start(self) -> None:
+        """Open the database, create the table if needed and start the writer."""
+        await self._ensure_engine()
+        self._writer.start()
+
+    def add(self, record: CdrRecord) -> None:
+        """Accept a record; it is committed within ~100 ms (never blocks the event loop)."""
+        self._writer.put(record.model_dump())
+
+    async def flush(self) -> None:
+        await self._ensure_engine()
+        await self._writer.flush()
+
+    async def close(self) -> None:
+        """Write every accepted record, then release the database."""
+        await self._ensure_engine()
+        await self._writer.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    async def query(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+        disposition: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[CdrRecord], int]:
+        """Matching records, newest start first, and the total number that match.
+
+        ``since <= start < until``; ``caller``, ``callee`` and ``disposition`` match exactly.
+        """
+        await self.flush()
+        where = _where(since, until, caller, callee, disposition)
+        return await asyncio.to_thread(self._query, where, max(0, limit), max(0, offset))
+
+    async def export_csv(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+        disposition: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> str:
+        """The matching records as CSV, oldest first; header row = the CdrRecord field names."""
+        await self.flush()
+        where = _where(since, until, caller, callee, disposition)
+        rows = await asyncio.to_thread(self._select_rows, where, limit, max(0, offset), False)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\r\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        return out.getvalue()
+
+    async def count(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+        disposition: str | None = None,
+    ) -> int:
+        await self.flush()
+        return await asyncio.to_thread(self._count, _where(since, until, caller, callee, disposition))
+
+    # --- worker-thread side -------------------------------------------------------------------
+
+    async def _ensure_engine(self) -> None:
+        async with self._opening:
+            if self._engine is None:
+                engine = make_engine(self.url)
+                await asyncio.to_thread(metadata.create_all, engine)
+                self._engine = engine
+
+    def _db(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("CdrStore is not started")
+        return self._engine
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        with self._db().begin() as conn:
+            conn.execute(insert(cdr_table), batch)
+
+    def _count(self, where: ColumnElement[bool]) -> int:
+        with self._db().connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(cdr_table).where(where)).scalar_one())
+
+    def _select_rows(
+        self, where: ColumnElement[bool], limit: int | None, offset: int, newest_first: bool
+    ) -> list[dict[str, Any]]:
+        columns = [cdr_table.c[name] for name in FIELDS]
+        order = (
+            (cdr_table.c.start.desc(), cdr_table.c.id.desc())
+            if newest_first
+            else (cdr_table.c.start.asc(), cdr_table.c.id.asc())
+        )
+        stmt = select(*columns).where(where).order_by(*order).offset(offset)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._db().connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
+    def _query(self, where: ColumnElement[bool], limit: int, offset: int) -> tuple[list[CdrRecord], int]:
+        rows = self._select_rows(where, limit, offset, True)
+        total = self._count(where)
+        return [CdrRecord.model_validate(row) for row in rows], total
+
+
+def _where(
+    since: float | None,
+    until: float | None,
+    caller: str | None,
+    callee: str | None,
+    disposition: str | None,
+) -> ColumnElement[bool]:
+    c = cdr_table.c
+    clauses: list[ColumnElement[bool]] = []
+    if since is not None:
+        clauses.append(c.start >= since)
+    if until is not None:
+        clauses.append(c.start < until)
+    if caller is not None:
+        clauses.append(c.caller == caller)
+    if callee is not None:
+        clauses.append(c.callee == callee)
+    if disposition is not None:
+        clauses.append(c.disposition == disposition)
+    return and_(true(), *clauses)
+
+
+def records_from_csv(text: str) -> list[CdrRecord]:
+    """Parse :meth:`CdrStore.export_csv` output back into records (empty cells are None)."""
+    reader = csv.DictReader(io.StringIO(text))
+    return [CdrRecord.model_validate({k: (None if v == "" else v) for k, v in row.items()}) for row in reader]
