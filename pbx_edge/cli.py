@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from pbx_edge.ops.config import ConfigError, load_config
+from pbx_edge.ops.logging import configure_logging, shutdown_logging
 
 
 def _run_edge(args: argparse.Namespace) -> int:
@@ -16,9 +16,7 @@ def _run_edge(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smartpbx: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(config)
     from pbx_edge.edge import serve
 
     if config.runtime.uvloop:
@@ -33,6 +31,11 @@ def _run_edge(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"smartpbx: cannot start edge: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found while starting (e.g. media.engine native but not built)
+        print(f"smartpbx: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_logging()
     return 0
 
 

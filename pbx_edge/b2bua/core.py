@@ -32,6 +32,7 @@ from pbx_edge.b2bua.registrar import Registrar
 from pbx_edge.b2bua.routing import Router
 from pbx_edge.media.interface import MediaManager, PassThroughMedia, Side
 from pbx_edge.ops.config import EdgeConfig
+from pbx_edge.ops.ratelimit import InviteRateLimiter, Verdict
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.headers import Via
 from pbx_edge.sip.ids import new_branch, new_call_id, new_tag
@@ -95,6 +96,7 @@ class EdgeCore(CallFlows):
         self.dtmf_listeners: list[DtmfListener] = []  # (call id, leg, digit): SIP INFO DTMF
         # Things that are not (yet) a call: call.rejected (before a call exists), registration.*.
         self.notice_listeners: list[NoticeListener] = []
+        self.rate_limiter = InviteRateLimiter(config.rate_limit)
         self.refusing: str | None = None  # set while draining or over a resource limit: new calls get 503
         self.sip_received: Counter[str] = Counter()  # requests by method, responses by status code
         self.stats: dict[str, int] = {
@@ -121,11 +123,30 @@ class EdgeCore(CallFlows):
             return
         if isinstance(message, Request):
             self.sip_received[message.method] += 1
+            if (
+                message.method == "INVITE"
+                and message.to_tag is None
+                and not self._admit(message, source, now)
+            ):
+                return
             self._fix_via_received(message, source)
         else:
             self.sip_received[str(message.status)] += 1
         self.tx.receive(message, source, now)
         self._drain(now)
+
+    def _admit(self, invite: Request, source: Endpoint, now: float) -> bool:
+        """Per-source INVITE rate limit (NFR11), before any transaction exists: over the rate the
+        INVITE gets a stateless 503 with Retry-After, over the ceiling nothing at all (no amplifying
+        a flood). Rate-limited INVITEs are counted, not recorded as calls."""
+        verdict = self.rate_limiter.check(source.host, now)
+        if verdict is Verdict.ALLOW:
+            return True
+        if verdict is Verdict.REJECT:
+            reply = make_response(invite, 503, "Service Unavailable", to_tag=new_tag())
+            reply.headers.add("Retry-After", str(self.rate_limiter.retry_after))
+            self.tx.send_stateless(reply, source)
+        return False
 
     def transport_error(self, dest: Endpoint, now: float) -> None:
         self.tx.transport_error(dest, now)

@@ -213,6 +213,14 @@ class CallAudio:
         self.injectors[leg] = injector
         return injector
 
+    def codec_name(self) -> str | None:
+        """``encoding/clock`` of the answer's first audio payload type, None before an answer."""
+        answer = self.session.sdp.get(self.session.answer_from) if self.session.answer_from else None
+        for name, clock, _ in _payload_types(answer).values():
+            if name.upper() not in NOT_AUDIO:
+                return f"{name}/{clock}"
+        return None
+
     def _send_codec(self, leg: Side) -> tuple[Codec, int]:
         """The codec ``leg`` receives: the answer's first audio codec we can encode, numbered as
         ``leg``'s own SDP numbers it."""

@@ -155,6 +155,10 @@ class RelaySession:
                     return stream_id
         return None
 
+    def codec(self) -> str | None:
+        """The audio codec the answer chose (its first audio payload type), e.g. ``PCMU/8000``."""
+        return self.audio.codec_name()
+
     def subscribe_tap(self, capacity: int | None = None) -> TapQueue:
         """Decoded 16 kHz frames of both legs, 20 ms each; see :class:`TapQueue`."""
         return self.audio.subscribe(capacity)
@@ -236,7 +240,12 @@ class RelayMedia:
         self._stream_ids = itertools.count(1)
         self._family = socket.AF_INET6 if ":" in config.bind_host else socket.AF_INET
         self._checker: asyncio.Task[None] | None = None
-        self.stats = {"sessions_opened": 0, "sessions_rejected": 0, "inactivity_hangups": 0}
+        self.stats = {
+            "sessions_opened": 0,
+            "sessions_rejected": 0,
+            "inactivity_hangups": 0,
+            "tap_drops_ended": 0,
+        }
         self.dtmf_listeners: list[DtmfListener] = []
         engine.on_tap = self._on_tap
 
@@ -294,7 +303,13 @@ class RelayMedia:
         self.streams.pop(stream_id, None)
         self.engine.remove_stream(stream_id)
 
+    def tap_drops(self) -> int:
+        """Tap frames dropped for slow subscribers, ended calls included (a counter)."""
+        live = sum(session.audio.tap_drops for session in self.sessions.values())
+        return self.stats["tap_drops_ended"] + live
+
     def session_closed(self, session: RelaySession) -> None:
+        self.stats["tap_drops_ended"] += session.audio.tap_drops
         if self.sessions.get(session.call_id) is session:
             del self.sessions[session.call_id]
         self.pool.release(session.call_id)

@@ -135,15 +135,8 @@ class CallEventAdapter:
             Event(id=new_event_id(), name=name, time=when, node_id=self.node_id, data=payload)
         )
 
-    def on_dtmf(self, call: Call | None, call_id: str, leg: Side, digit: str, method: str) -> None:
+    def on_dtmf(self, call: Call, leg: Side, digit: str, method: str) -> None:
         data = {"leg": leg.value, "digit": digit, "method": method}
-        if call is None:
-            event = Event(
-                id=new_event_id(), name="dtmf", time=self.wall(), node_id=self.node_id, call_id=call_id
-            )
-            event.data = data
-            self.events.publish(event)
-            return
         self.events.publish(self._event("dtmf", self.wall(), call, data))
 
     # --- records ---------------------------------------------------------------------------------

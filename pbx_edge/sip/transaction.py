@@ -113,6 +113,11 @@ class TransactionLayer(_Core):
     def __len__(self) -> int:
         return len(self._txs)
 
+    def pending_clients(self) -> int:
+        """Client transactions still waiting for a final response (a drain waits for its BYEs)."""
+        waiting = (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING)
+        return sum(1 for tx in self._clients.values() if tx.state in waiting)
+
     # --- network input -----------------------------------------------------------------------
     def receive(self, message: Request | Response, source: Endpoint, now: float) -> None:
         headers = message.headers

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -141,6 +142,14 @@ class EdgeSettings:
     media: dict[str, Any] = field(
         default_factory=lambda: {"mode": "relay", "port_start": 32768 - 8 * 1200, "port_end": 32767}
     )
+    # SIPp load runs come from 127.0.0.1 far above 10 INVITEs/s: that source is a "trunk" here.
+    rate_limit: dict[str, Any] = field(default_factory=lambda: {"allow": [LOOPBACK]})
+    admin_port: int = 0  # 0: any free port (the edge logs it); set one to query the API
+    admin_tokens: list[dict[str, str]] = field(default_factory=list)
+    metrics_port: int = 0
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="smartpbx-e2e-data-")))
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+    drain_timeout: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -171,6 +180,12 @@ class EdgeSettings:
             },
             "routing": {"static_routes": list(self.static_routes)},
             "media": dict(self.media),
+            "rate_limit": dict(self.rate_limit),
+            "admin": {"host": self.host, "port": self.admin_port, "tokens": self.admin_tokens},
+            "metrics": {"host": self.host, "port": self.metrics_port},
+            "cdr": {"url": f"sqlite:///{self.data_dir}/cdr.sqlite3"},
+            "webhooks": {"outbox_url": f"sqlite:///{self.data_dir}/outbox.sqlite3", "targets": self.webhooks},
+            "shutdown": {"drain_timeout": self.drain_timeout},
         }
         for section, values in self.extra.items():
             if isinstance(values, dict) and isinstance(data.get(section), dict):
