@@ -66,6 +66,7 @@ class CallEventAdapter:
         self.monotonic = monotonic
         self.codec_of = codec_of
         self.wall = wall
+        self._codecs: dict[str, str | None] = {}  # answered calls' codecs, until their CDR
 
     def to_wall(self, mono: float) -> float:
         return self.wall() - (self.monotonic() - mono)
@@ -78,7 +79,7 @@ class CallEventAdapter:
             data["route"] = call.route_source
             stamp = call.created_at
         elif name == "call.answered":
-            data["codec"] = self.codec_of(call)
+            data["codec"] = self._codecs[call.id] = self.codec_of(call)
             stamp = call.answered_at or stamp
         elif name == "call.ended":
             record = self.cdr_record(call)
@@ -162,7 +163,7 @@ class CallEventAdapter:
             end_reason=reason.value,
             hangup_side=HANGUP_SIDE.get(reason, "edge"),
             sip_code=call.final_status,
-            codec=self.codec_of(call),
+            codec=self._codecs.pop(call.id, None),  # noted at answer: the media is gone by now
         )
 
     def _event(self, name: str, when: float, call: Call, data: dict[str, Any]) -> Event:

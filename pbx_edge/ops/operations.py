@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -112,14 +113,12 @@ class Operations:
         )
         if node.media is not None:
             engine = node.media.engine.stats()
-            snapshot = MetricsSnapshot(
-                **{
-                    **snapshot.__dict__,
-                    "relay_packets": engine.packets_relayed,
-                    "relay_bytes": engine.bytes_relayed,
-                    "relay_dropped_packets": engine.packets_dropped,
-                    "tap_dropped_frames": node.media.tap_drops(),
-                }
+            snapshot = replace(
+                snapshot,
+                relay_packets=engine.packets_relayed,
+                relay_bytes=engine.bytes_relayed,
+                relay_dropped_packets=engine.packets_dropped,
+                tap_dropped_frames=node.media.tap_drops(),
             )
         return snapshot
 

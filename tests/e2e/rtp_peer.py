@@ -104,12 +104,12 @@ def tone_snr_db(pcm: np.ndarray, rate: int, freq: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------ phone
-def sdp_for(port: int, payload_types: dict[int, str]) -> bytes:
+def sdp_for(port: int, payload_types: dict[int, str], host: str = LOOPBACK) -> bytes:
     lines = [
         "v=0",
-        f"o=phone 1 1 IN IP4 {LOOPBACK}",
+        f"o=phone 1 1 IN IP4 {host}",
         "s=phone",
-        f"c=IN IP4 {LOOPBACK}",
+        f"c=IN IP4 {host}",
         "t=0 0",
         f"m=audio {port} RTP/AVP {' '.join(str(pt) for pt in payload_types)}",
         *(f"a=rtpmap:{pt} {name}" for pt, name in payload_types.items()),
@@ -150,14 +150,18 @@ class Phone(asyncio.DatagramProtocol):
     rtp_sock: socket.socket | None = None
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     byed: asyncio.Event = field(default_factory=asyncio.Event)
+    host: str = LOOPBACK  # another 127.x address makes this phone a different source
+    answer_with: int = 200  # status for incoming INVITEs (486: busy)
 
     async def start(self) -> Phone:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(LOOPBACK, self.sip_port))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.host, self.sip_port)
+        )
         self.transport = transport
         self.sip_port = transport.get_extra_info("sockname")[1]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((LOOPBACK, self.rtp_port))
+        sock.bind((self.host, self.rtp_port))
         sock.setblocking(False)
         self.rtp_sock = sock
         self.rtp_port = sock.getsockname()[1]
@@ -194,7 +198,10 @@ class Phone(asyncio.DatagramProtocol):
         self.requests.append(message)
         if message.method == "INVITE":
             self.remote_media = sdp_media_address(message.body)
-            self._reply(message, addr, 200, "OK", sdp_for(self.rtp_port, self.payload_types))
+            if self.answer_with != 200:
+                self._reply(message, addr, self.answer_with, "Busy Here")
+                return
+            self._reply(message, addr, 200, "OK", sdp_for(self.rtp_port, self.payload_types, self.host))
             self.answered.set()
         elif message.method == "BYE":
             self._reply(message, addr, 200, "OK")
@@ -211,7 +218,7 @@ class Phone(asyncio.DatagramProtocol):
                 if name == "To" and req.to_tag is None:
                     value += ";tag=phone"
                 lines.append(f"{name}: {value}")
-        lines.append(f"Contact: <sip:phone@{LOOPBACK}:{self.sip_port}>")
+        lines.append(f"Contact: <sip:phone@{self.host}:{self.sip_port}>")
         if body:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body)}")
@@ -222,7 +229,7 @@ class Phone(asyncio.DatagramProtocol):
         """Place a call through ``edge``; returns once it is answered (200 + ACK)."""
         call_id = uuid.uuid4().hex
         dialog = Dialog(self, edge, call_id, f"sip:{user}@{edge[0]}:{edge[1]}")
-        self._send(dialog.request("INVITE", 1, sdp_for(self.rtp_port, self.payload_types)), edge)
+        self._send(dialog.request("INVITE", 1, sdp_for(self.rtp_port, self.payload_types, self.host)), edge)
         while True:
             resp = await asyncio.wait_for(self.responses.get(), 10)
             if resp.call_id != call_id or resp.status < 200:
@@ -255,13 +262,13 @@ class Dialog:
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         lines = [
             f"{method} {self.uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP {LOOPBACK}:{self.phone.sip_port};branch={branch};rport",
+            f"Via: SIP/2.0/UDP {self.phone.host}:{self.phone.sip_port};branch={branch};rport",
             "Max-Forwards: 70",
-            f"From: <sip:phone@{LOOPBACK}>;tag=caller-{self.call_id[:8]}",
+            f"From: <sip:phone@{self.phone.host}>;tag=caller-{self.call_id[:8]}",
             f"To: {to or self.to or '<' + self.uri + '>'}",
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
-            f"Contact: <sip:phone@{LOOPBACK}:{self.phone.sip_port}>",
+            f"Contact: <sip:phone@{self.phone.host}:{self.phone.sip_port}>",
         ]
         if body:
             lines.append("Content-Type: application/sdp")
