@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import secrets
 import sys
 
 from pbx_edge.ops.config import ConfigError, load_config
@@ -49,6 +51,16 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_token(args: argparse.Namespace) -> int:
+    """Print a fresh bearer token once, and the config entry that stores only its SHA-256."""
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (shown once, give it to the client): {token}")
+    print("add under admin.tokens in the config:")
+    print(f"  - {{name: {args.name}, role: {args.role}, sha256: {digest}}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartpbx", description="SmartPBX AI edge and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("file")
     check.set_defaults(func=_check_config)
+    token = sub.add_parser("token", help="make an admin API bearer token and its config entry")
+    token.add_argument("--name", default="ops", help="who the token is for (logged on admin actions)")
+    token.add_argument("--role", choices=("viewer", "admin"), default="viewer")
+    token.set_defaults(func=_new_token)
     return parser
 
 

@@ -94,3 +94,14 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["config", "check", str(bad)]) == 2
     assert "log_level" in capsys.readouterr().err
     assert main(["edge", "--config", str(bad)]) == 2
+
+
+def test_token_command_prints_a_token_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert main(["token", "--role", "admin", "--name", "ops"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    token = lines[0].rsplit(" ", 1)[1]
+    entry = yaml.safe_load(lines[2].strip().lstrip("- "))
+    assert entry == {"name": "ops", "role": "admin", "sha256": hashlib.sha256(token.encode()).hexdigest()}
+    parse_config({"admin": {"tokens": [entry]}}, environ={})
