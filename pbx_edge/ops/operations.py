@@ -20,7 +20,7 @@ from pbx_edge.ops.call_events import CallEventAdapter
 from pbx_edge.ops.cdr import CdrStore
 from pbx_edge.ops.events import EventBus
 from pbx_edge.ops.metrics import EdgeMetrics, MetricsSnapshot, start_metrics
-from pbx_edge.ops.models import CdrRecord
+from pbx_edge.ops.models import CdrRecord, Event
 from pbx_edge.ops.node_view import EdgeNodeView
 from pbx_edge.ops.outbox import Outbox
 from pbx_edge.ops.webhooks import WebhookSender
@@ -48,6 +48,7 @@ class Operations:
         self.sip_sent: Counter[int] = Counter()  # responses sent, by status code (counted by the node)
         self.admin_runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
+        self.bus.subscribe(self._log_event)
         core = node.core
         core.listeners.append(self.adapter.on_call)
         core.notice_listeners.append(self.adapter.on_notice)
@@ -56,6 +57,23 @@ class Operations:
             node.media.dtmf_listeners.append(
                 lambda call_id, leg, digit: self._dtmf(call_id, leg, digit, "rfc4733")
             )
+
+    @staticmethod
+    def _log_event(event: Event) -> None:
+        """Every event is also a log line carrying both legs' Call-IDs (FR17)."""
+        log.info(
+            "%s %s -> %s",
+            event.name,
+            event.caller or "-",
+            event.callee or "-",
+            extra={
+                "event_name": event.name,
+                "call_id": event.call_id,
+                "a_call_id": event.a_call_id,
+                "b_call_id": event.b_call_id,
+                **{k: v for k, v in event.data.items() if isinstance(v, str | int | float) or v is None},
+            },
+        )
 
     def _dtmf(self, call_id: str, leg: Side, digit: str, method: str) -> None:
         call = self.node.core.calls.get(call_id)

@@ -261,3 +261,26 @@ async def test_rate_limit_stops_one_flooding_source_and_not_another(e2e: E2E) ->
         flood.close()
         polite.close()
         callee.close()
+
+
+async def test_memory_watermark_refuses_new_calls_and_fails_readiness(e2e: E2E) -> None:
+    callee, caller = await Phone().start(), await Phone().start()
+    try:
+        settings = e2e.edge_settings(uas_port=callee.sip_port, log_level="INFO")
+        settings.admin_port = e2e.ports.port()
+        settings.extra = {"resources": {"memory_watermark_mb": 1, "check_interval": 0.1}}
+        edge = await asyncio.to_thread(e2e.start_edge, settings)
+        await asyncio.sleep(0.5)  # the watcher has sampled RSS (far above 1 MB)
+        assert (await caller.call(edge.addr)).final == 503
+        ready = f"http://{LOOPBACK}:{settings.admin_port}/ready"
+        async with aiohttp.ClientSession() as http, http.get(ready) as resp:
+            assert resp.status == 503
+        log = edge.log_tail(40)
+        assert "memory watermark exceeded" in log
+        # Event log lines carry the event name and both legs' Call-IDs (the rejected call has one).
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        ended = [line for line in lines if line.get("event_name") == "call.ended"]
+        assert ended and ended[0]["a_call_id"] and ended[0]["reason"] == "memory"
+    finally:
+        caller.close()
+        callee.close()
