@@ -1,5 +1,8 @@
 """From the core's call hooks to operations records: :class:`Event` for the bus, :class:`CdrRecord`.
 
+Records are built with ``model_construct`` (no validation): every field comes from the core's own
+typed state, and this runs several times per call on the signalling path.
+
 The core reports ``(name, Call)`` for call.started/ringing/answered/ended, ``(name, data)`` notices
 for what is not a call (call.rejected before a call exists, registration.*), and DTMF digits. This
 adapter turns them into the shared models, converting the core's monotonic times to UNIX time once.
@@ -104,7 +107,7 @@ class CallEventAdapter:
         when = self.to_wall(float(payload.pop("time", self.monotonic())))
         if name == "call.rejected":
             self.cdr.add(
-                CdrRecord(
+                CdrRecord.model_construct(
                     call_id=f"rejected-{new_event_id()}",
                     node_id=self.node_id,
                     a_call_id=payload["a_call_id"],
@@ -120,7 +123,7 @@ class CallEventAdapter:
                     sip_code=payload["sip_code"],
                 )
             )
-            event = Event(
+            event = Event.model_construct(
                 id=new_event_id(),
                 name="call.ended",
                 time=when,
@@ -133,7 +136,7 @@ class CallEventAdapter:
             self.events.publish(event)
             return
         self.events.publish(
-            Event(id=new_event_id(), name=name, time=when, node_id=self.node_id, data=payload)
+            Event.model_construct(id=new_event_id(), name=name, time=when, node_id=self.node_id, data=payload)
         )
 
     def on_dtmf(self, call: Call, leg: Side, digit: str, method: str) -> None:
@@ -147,7 +150,7 @@ class CallEventAdapter:
         end = self.to_wall(end_mono)
         answer = self.to_wall(call.answered_at) if call.answered_at is not None else None
         reason = call.end_reason or EndReason.ERROR
-        return CdrRecord(
+        return CdrRecord.model_construct(
             call_id=call.id,
             node_id=self.node_id,
             a_call_id=call.a.dialog.call_id,
@@ -167,7 +170,7 @@ class CallEventAdapter:
         )
 
     def _event(self, name: str, when: float, call: Call, data: dict[str, Any]) -> Event:
-        return Event(
+        return Event.model_construct(
             id=new_event_id(),
             name=name,
             time=when,

@@ -61,6 +61,8 @@ class Operations:
     @staticmethod
     def _log_event(event: Event) -> None:
         """Every event is also a log line carrying both legs' Call-IDs (FR17)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "%s %s -> %s",
             event.name,
