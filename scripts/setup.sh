@@ -56,6 +56,7 @@ have_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
 missing=()
 have_lib 'libopus\.so\.0' || missing+=(libopus0)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # synthesizes the STT tests' speech
 if [ "${SMARTPBX_BENCH:-0}" = "1" ] && ! command -v rtpengine >/dev/null 2>&1; then
     missing+=(rtpengine-daemon)
 fi
@@ -65,7 +66,8 @@ elif apt_install "${missing[@]}"; then
     info "installed: ${missing[*]}"
 else
     info "WARNING: could not install ${missing[*]}: Opus tests skip without libopus0, the relay"
-    info "         falls back to its asyncio engine without a C compiler"
+    info "         falls back to its asyncio engine without a C compiler, STT speech tests skip"
+    info "         without espeak-ng"
 fi
 
 # -------------------------------------------------------------------------------------- 2. Python
@@ -99,14 +101,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------- 3. project + deps
-step 3/4 "project and dev dependencies (pip install -e '.[dev]')"
+step 3/4 "project, dev and AI dependencies (pip install -e '.[dev,ai]'; whisper-base is ~150 MB)"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -V 2>&1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-    && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage' >/dev/null 2>&1 \
+    && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage, faster_whisper' >/dev/null 2>&1 \
     && [ -x "$VENV/bin/smartpbx" ]; then
     info "up to date (pyproject.toml unchanged since the last install)"
 else
-    "$VENV/bin/python" -m pip install -e '.[dev]'
+    "$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,ai]'
     printf '%s\n' "$want" > "$STAMP"
 fi
 

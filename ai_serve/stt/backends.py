@@ -1,0 +1,311 @@
+"""Speech-to-text backends: one interface, a small CPU backend that runs offline, room for GPU ones.
+
+The layers above (:mod:`ai_serve.stt.stream`, later the Ray Serve deployment) depend only on the
+:class:`SttBackend` protocol: ``transcribe(pcm16k, language) -> list[Segment]`` over one utterance of
+16 kHz mono audio. Tests of those layers use fakes of it.
+
+Real backends derive from :class:`BaseSttBackend`, whose public :meth:`~BaseSttBackend.transcribe`
+is a template method: it normalises the audio (s16le bytes, int16 or float, 1-D), returns at once on
+empty input, times the call (the real-time factor is kept in :class:`SttStats`) and turns any library error
+into :class:`SttError`; a backend implements only ``_transcribe_impl`` and ``capabilities``.
+
+Backends are chosen by config through a registry: ``create_backend("faster-whisper", model_dir=...)``.
+Adding one (a NeMo Conformer/Canary or a Whisper large backend on GPU) is a subclass decorated with
+``@register_backend("name")`` that imports its library inside ``__init__`` behind an ``ImportError``
+with the install hint, loads weights from a local path (no hub here), and maps the library's output to
+:class:`Segment`. None is written yet for NeMo: it cannot be installed or tested on these machines.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "SAMPLE_RATE",
+    "BaseSttBackend",
+    "FasterWhisperBackend",
+    "Segment",
+    "SttBackend",
+    "SttCapabilities",
+    "SttError",
+    "SttStats",
+    "as_float_pcm",
+    "available_backends",
+    "create_backend",
+    "register_backend",
+]
+
+SAMPLE_RATE = 16000
+
+FloatPcm = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of a transcript; times in seconds from the start of the audio that was passed in."""
+
+    text: str
+    start: float
+    end: float
+    avg_logprob: float  # mean token log-probability; 0.0 when the backend has none
+    confidence: float  # in [0, 1]; exp(avg_logprob) for Whisper
+    language: str | None
+    no_speech_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"Segment.confidence must be within [0, 1], got {self.confidence}")
+        if self.end < self.start:
+            raise ValueError(f"Segment.end {self.end} is before start {self.start}")
+
+
+@dataclass(frozen=True, slots=True)
+class SttCapabilities:
+    """What a backend can do, for the layers that pick or configure one."""
+
+    name: str
+    device: str
+    languages: frozenset[str] | None = None  # None: multilingual with detection
+    needs_forced_language: frozenset[str] = frozenset()  # detection is unreliable for these
+    timestamps: bool = True
+
+
+class SttError(RuntimeError):
+    """A backend failed on one request; ``retryable`` says whether the same input may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(slots=True)
+class SttStats:
+    """Counters of one backend instance; ``rtf`` = compute time / audio time."""
+
+    calls: int = 0
+    errors: int = 0
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    last_compute_seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def rtf(self) -> float:
+        return self.compute_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    def record(self, audio_seconds: float, compute_seconds: float, ok: bool) -> None:
+        with self._lock:
+            self.calls += 1
+            self.errors += 0 if ok else 1
+            self.audio_seconds += audio_seconds
+            self.compute_seconds += compute_seconds
+            self.last_compute_seconds = compute_seconds
+
+
+@runtime_checkable
+class SttBackend(Protocol):
+    """Transcribes one utterance of 16 kHz mono audio."""
+
+    def transcribe(self, pcm16k: npt.NDArray[Any], language: str | None) -> list[Segment]: ...
+
+
+def as_float_pcm(pcm: npt.NDArray[Any] | bytes) -> FloatPcm:
+    """16 kHz mono audio as float32 in [-1, 1]: from s16le bytes, int16 or float arrays."""
+    if isinstance(pcm, bytes | bytearray | memoryview):
+        if len(pcm) % 2:
+            raise ValueError(f"s16le audio must have an even number of bytes, got {len(pcm)}")
+        return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    arr = np.asarray(pcm)
+    if arr.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono, got shape {arr.shape}")
+    if arr.dtype == np.int16:
+        return arr.astype(np.float32) / 32768.0
+    if arr.dtype.kind == "f":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    raise ValueError(f"audio must be int16 or float, got dtype {arr.dtype}")
+
+
+class BaseSttBackend(ABC):
+    """Template for real backends: the public method owns validation, timing and error mapping."""
+
+    def __init__(self) -> None:
+        self.stats = SttStats()
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> SttCapabilities: ...
+
+    def transcribe(self, pcm16k: npt.NDArray[Any], language: str | None = None) -> list[Segment]:
+        """Transcribe one utterance; ``language`` (ISO 639-1) forces the language when given."""
+        audio = as_float_pcm(pcm16k)
+        if audio.size == 0:
+            return []
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            segments = self._transcribe_impl(audio, language)
+            ok = True
+        except SttError:
+            raise
+        except Exception as e:
+            raise SttError(f"{self.capabilities.name}: transcription failed: {e}") from e
+        finally:
+            self.stats.record(audio.size / SAMPLE_RATE, time.perf_counter() - t0, ok)
+        return segments
+
+    @abstractmethod
+    def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:
+        """Transcribe float32 16 kHz mono audio (non-empty)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends free memory on GC
+        """Release the model early (a Serve replica shutting down); optional."""
+
+
+BackendFactory = Callable[..., BaseSttBackend]
+_REGISTRY: dict[str, BackendFactory] = {}
+_B = TypeVar("_B", bound=type[BaseSttBackend])
+
+
+def register_backend(name: str) -> Callable[[_B], _B]:
+    """Class decorator: make a backend creatable by ``name`` from config."""
+
+    def deco(cls: _B) -> _B:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"STT backend {name!r} is already registered by {_REGISTRY[name]!r}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backend(name: str, **options: Any) -> BaseSttBackend:
+    """Instantiate the backend registered as ``name`` with its keyword options."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown STT backend {name!r}; known: {', '.join(available_backends())}") from None
+    return factory(**options)
+
+
+# ------------------------------------------------------------------------------------ faster-whisper
+
+
+@register_backend("faster-whisper")
+class FasterWhisperBackend(BaseSttBackend):
+    """Whisper through CTranslate2 (faster-whisper): int8 on CPU here, float16 on a GPU.
+
+    Decoding is set up for short utterances cut by our own VAD: no built-in VAD, no conditioning on
+    the previous text (each utterance stands alone, which also stops repetition loops from spreading),
+    greedy search by default (``beam_size=1``) with one temperature fallback, so the cost per call
+    stays bounded.
+
+    Korean: language detection on telephone/synthetic Korean picks Thai or Japanese, and the
+    log-probability / no-speech / compression filters drop most Korean segments as low-confidence.
+    So for the languages in ``filters_off_languages`` (default ``{"ko"}``) the caller must force the
+    language and the filters are switched off; confidence is still reported for the layers above.
+    """
+
+    DEFAULT_FILTERS_OFF = frozenset({"ko"})
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        *,
+        num_workers: int = 1,
+        device_index: int = 0,
+        beam_size: int = 1,
+        temperature: Sequence[float] = (0.0, 0.4),
+        default_language: str | None = None,
+        filters_off_languages: frozenset[str] = DEFAULT_FILTERS_OFF,
+    ) -> None:
+        """``cpu_threads=0`` lets CTranslate2 choose; ``num_workers`` > 1 allows parallel calls."""
+        super().__init__()
+        try:
+            from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+        except ImportError as e:
+            raise ImportError(
+                "FasterWhisperBackend needs faster-whisper: pip install -e '.[ai]' (or faster-whisper)"
+            ) from e
+        from ..models.whisper_assets import validate_model_dir
+
+        self.model_dir = validate_model_dir(Path(model_dir))
+        self.device = device
+        self.beam_size = beam_size
+        self.temperature = tuple(temperature)
+        self.default_language = default_language
+        self.filters_off_languages = frozenset(filters_off_languages)
+        t0 = time.perf_counter()
+        self._model: Any = WhisperModel(
+            str(self.model_dir),
+            device=device,
+            device_index=device_index,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+            local_files_only=True,
+        )
+        self.load_seconds = time.perf_counter() - t0
+        self._caps = SttCapabilities(
+            name="faster-whisper",
+            device=device,
+            needs_forced_language=self.filters_off_languages,
+        )
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return self._caps
+
+    def _decode_options(self, language: str | None) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "language": language,
+            "beam_size": self.beam_size,
+            "temperature": list(self.temperature),
+            "condition_on_previous_text": False,
+            "vad_filter": False,
+            "word_timestamps": False,
+        }
+        if language in self.filters_off_languages:
+            opts.update(log_prob_threshold=None, no_speech_threshold=None, compression_ratio_threshold=None)
+        return opts
+
+    def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:
+        lang = language or self.default_language
+        segments, info = self._model.transcribe(audio, **self._decode_options(lang))
+        out: list[Segment] = []
+        for s in segments:  # a generator: decoding happens while iterating
+            text = s.text.strip()
+            if not text:
+                continue
+            avg = float(s.avg_logprob)
+            out.append(
+                Segment(
+                    text=text,
+                    start=float(s.start),
+                    end=max(float(s.end), float(s.start)),
+                    avg_logprob=avg,
+                    confidence=min(1.0, max(0.0, math.exp(avg))),
+                    language=info.language,
+                    no_speech_prob=float(s.no_speech_prob),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        self._model = None
