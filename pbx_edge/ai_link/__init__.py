@@ -1,1 +1,45 @@
-"""ai_link."""
+"""ai_link: the edge's client of the AI layer, one WebSocket per call (see DESIGN.md).
+
+:mod:`.protocol` is the wire contract (shared with the Serve ingress), :mod:`.config` the ``ai:``
+configuration section and :mod:`.client` the asyncio client (``AiLink``, ``CallStream``). Only the
+first two are re-exported here, so that ``pbx_edge.ops.config`` can import the config without pulling
+in aiohttp and the media stack.
+"""
+
+from .config import AiLinkConfig
+from .protocol import (
+    PROTOCOL_VERSION,
+    ActionMessage,
+    AiMessage,
+    AudioFrame,
+    ControlMessage,
+    EdgeMessage,
+    ProtocolError,
+    StartMessage,
+    TranscriptEvent,
+    decode_batch,
+    decode_frame,
+    encode_batch,
+    encode_frame,
+    parse_ai_message,
+    parse_edge_message,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ActionMessage",
+    "AiLinkConfig",
+    "AiMessage",
+    "AudioFrame",
+    "ControlMessage",
+    "EdgeMessage",
+    "ProtocolError",
+    "StartMessage",
+    "TranscriptEvent",
+    "decode_batch",
+    "decode_frame",
+    "encode_batch",
+    "encode_frame",
+    "parse_ai_message",
+    "parse_edge_message",
+]

@@ -39,7 +39,8 @@ order the edge took them from its tap. The batch size is the sender's choice (th
 
 AI → edge: one WebSocket message is one header (``leg`` = the leg that hears it, ``seq`` and media
 time counted by the AI for its own output, ``flags`` 0) plus PCM of any even length, which the edge
-queues after what it is already playing to that leg.
+queues after what it is already playing to that leg. Split long audio into messages of at most
+:data:`MAX_MESSAGE_BYTES` (a few seconds each keeps barge-in responsive).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ __all__ = [
     "FRAME_BYTES",
     "FRAME_SAMPLES",
     "HEADER_SIZE",
+    "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "RECORD_SIZE",
     "SAMPLE_RATE",
@@ -108,6 +110,7 @@ _KNOWN_FLAGS = FLAG_GAP
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # either side may refuse a larger WebSocket message (~2 min of PCM)
 CLOSE_DONE = 1000  # normal close: the stream is over, do not reconnect
 CLOSE_REJECTED = 4400  # the ingress refuses this stream (bad start, unsupported version): do not reconnect
 

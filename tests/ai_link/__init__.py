@@ -1,0 +1,1 @@
+"""Tests of pbx_edge.ai_link."""
