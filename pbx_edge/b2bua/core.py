@@ -402,9 +402,11 @@ class EdgeCore(CallFlows):
         for rseq in list(call.unacked_reliable):
             self.timers.cancel((call.id, "rel1xx", rseq))
         call.unacked_reliable.clear()
-        call.media.close()
-        # Break the call <-> transaction cycles so the call is freed by reference counting as soon
-        # as its transactions end: the edge runs with the cyclic GC mostly off (see edge.py).
-        call.a_invite_tx.owner = None
-        call.b_invite_tx = None
-        self.emit("call.ended", call)
+        try:
+            self.emit("call.ended", call)  # listeners still see the media (AI streams end first)
+        finally:
+            call.media.close()
+            # Break the call <-> transaction cycles so the call is freed by reference counting as
+            # soon as its transactions end: the edge runs with the cyclic GC mostly off (edge.py).
+            call.a_invite_tx.owner = None
+            call.b_invite_tx = None

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pbx_edge.ai_link.config import AiLinkConfig
+
 ENV_PREFIX = "SMARTPBX__"
 
 
@@ -283,6 +285,7 @@ class EdgeConfig(_Strict):
     rate_limit: RateLimitConfig = RateLimitConfig()
     resources: ResourcesConfig = ResourcesConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    ai: AiLinkConfig = AiLinkConfig()
 
 
 class ConfigError(ValueError):

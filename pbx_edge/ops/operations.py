@@ -8,12 +8,14 @@ webhook sender and the stores are flushed, so every event and CDR accepted befor
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from pbx_edge.ai_link.bridge import AiBridge
 from pbx_edge.media.interface import Side
 from pbx_edge.ops.admin_api import make_admin_app, start_admin
 from pbx_edge.ops.call_events import CallEventAdapter
@@ -44,6 +46,7 @@ class Operations:
         self.adapter = CallEventAdapter(
             config.node_id, self.bus, self, node.monotonic, codec_of=self.view.codec_of
         )
+        self.ai = AiBridge(node, self.bus, config.ai, time.time)
         self.metrics = EdgeMetrics(self)
         self.sip_sent: Counter[int] = Counter()  # responses sent, by status code (counted by the node)
         self.admin_runner: web.AppRunner | None = None
@@ -104,7 +107,7 @@ class Operations:
     async def stop(self) -> None:
         """Servers first, then flush in dependency order; each step runs even if one failed."""
         steps = [runner.cleanup for runner in (self.admin_runner, self.metrics_runner) if runner is not None]
-        steps += [self.webhooks.stop, self.outbox.close, self.cdr.close]
+        steps += [self.ai.close, self.webhooks.stop, self.outbox.close, self.cdr.close]
         for step in steps:
             try:
                 await step()

@@ -1,0 +1,102 @@
+"""Between the node and the AI layer: which calls are streamed, and what comes back.
+
+On ``call.answered`` (from the event bus) a call is admitted to the AI link (at most
+``ai.max_streams``: past that the call is not streamed and counted as shed; the call itself is never
+refused), its decoded-audio tap is subscribed and a :class:`~pbx_edge.ai_link.client.CallStream`
+starts. Transcripts come back as ``transcript.partial`` / ``transcript.final`` events on the same bus
+(so webhooks, logs and ``/api/events`` get them) and are kept per live call; media actions (play,
+stop-playback, bridge) go to the call's media session, hang-up to the B2BUA.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pbx_edge.ai_link.client import AiLink, CallMeta, InjectAudio, apply_media_action
+from pbx_edge.ai_link.config import AiLinkConfig
+from pbx_edge.ai_link.protocol import ActionMessage, HangupAction, TranscriptEvent
+from pbx_edge.b2bua.call import EndReason
+from pbx_edge.ops.events import EventBus, new_event_id
+from pbx_edge.ops.models import Event
+
+if TYPE_CHECKING:
+    from pbx_edge.edge import EdgeNode
+
+log = logging.getLogger("pbx_edge.ai_link")
+
+MAX_KEPT_PER_CALL = 1000  # transcript segments kept in memory per live call
+
+
+class AiBridge:
+    def __init__(
+        self, node: EdgeNode, bus: EventBus, config: AiLinkConfig, wall: Callable[[], float]
+    ) -> None:
+        self.node = node
+        self.bus = bus
+        self.config = config
+        self.wall = wall
+        self.link = AiLink(config)
+        self.transcripts: dict[str, list[TranscriptEvent]] = {}
+        if config.enabled:
+            bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        call_id = event.call_id
+        if call_id is None:
+            return
+        if event.name == "call.answered":
+            self._start(event, call_id)
+        elif event.name == "call.ended" and call_id in self.transcripts:
+            self.link.stop_call(call_id, str(event.data.get("reason", "hangup")))
+            del self.transcripts[call_id]
+
+    def _start(self, event: Event, call_id: str) -> None:
+        media = self.node.media
+        session = media.sessions.get(call_id) if media is not None else None
+        if session is None or not self.link.admit(call_id):
+            return  # pass-through media has no tap; over max_streams the call goes unstreamed
+        queue = session.subscribe_tap(self.config.queue_frames)
+        self.transcripts[call_id] = []
+        self.link.start_call(
+            CallMeta.from_event(event),
+            queue,
+            lambda transcript: self._on_transcript(event, transcript),
+            lambda action: self._on_action(call_id, action),
+            on_finished=lambda _stream: session.unsubscribe_tap(queue),
+        )
+
+    def _on_transcript(self, call: Event, transcript: TranscriptEvent) -> None:
+        kept = self.transcripts.get(call.call_id or "")
+        if kept is not None and transcript.final and len(kept) < MAX_KEPT_PER_CALL:
+            kept.append(transcript)
+        name = "transcript.final" if transcript.final else "transcript.partial"
+        data = transcript.model_dump(exclude={"type"})
+        self.bus.publish(
+            Event.model_construct(
+                id=new_event_id(),
+                name=name,
+                time=self.wall(),
+                node_id=call.node_id,
+                call_id=call.call_id,
+                a_call_id=call.a_call_id,
+                b_call_id=call.b_call_id,
+                caller=call.caller,
+                callee=call.callee,
+                data=data,
+            )
+        )
+
+    def _on_action(self, call_id: str, action: ActionMessage | InjectAudio) -> None:
+        media = self.node.media
+        session = media.sessions.get(call_id) if media is not None else None
+        if session is not None and apply_media_action(session, action):
+            return
+        if isinstance(action, HangupAction):
+            self.node.hangup(call_id, EndReason.ADMIN)
+            return
+        log.warning("call %s: AI action %s not supported by the edge yet", call_id, type(action).__name__)
+
+    async def close(self) -> None:
+        await self.link.close()
