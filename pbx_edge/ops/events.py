@@ -74,10 +74,15 @@ class EventIdGenerator:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last = 0
+        self._millis = -1
+        self._random = 0
 
     def __call__(self, now: float) -> str:
         millis = max(0, round(now * 1000)) & ((1 << 48) - 1)
-        candidate = (millis << _RANDOM_BITS) | int.from_bytes(os.urandom(10), "big")
+        if millis != self._millis:  # fresh randomness once per millisecond: urandom costs ~1 µs+
+            self._millis = millis
+            self._random = int.from_bytes(os.urandom(10), "big") & (_RANDOM_MASK >> 1)
+        candidate = (millis << _RANDOM_BITS) | self._random
         with self._lock:
             if candidate <= self._last:
                 # Same millisecond (or the clock went back): keep the previous time part and count up.

@@ -54,6 +54,9 @@ WINDOW = 1.0  # seconds over which the arrival rate is measured for DROP
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_KEY_CACHE = 65536  # memoised source keys; cleared when full (a flood of distinct sources)
+
+
 class Verdict(enum.Enum):
     ALLOW = "allow"
     REJECT = "reject"  # answer 503 with Retry-After
@@ -112,6 +115,7 @@ class InviteRateLimiter:
         # Idle this long, a source's bucket is full and its rate window empty: forgetting it is exact.
         self.idle_ttl = max(self._burst / self._rate, 2 * WINDOW)
         self._allow: tuple[_Network, ...] = tuple(ipaddress.ip_network(x, strict=False) for x in config.allow)
+        self._keys: dict[str, str | None] = {}  # source -> bucket key (None: allow-listed)
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._allowed = self._rejected = self._dropped = 0
         self._allow_listed = self._evicted = self._expired = 0
@@ -201,9 +205,19 @@ class InviteRateLimiter:
             self._expired += 1
 
     def _key(self, source_ip: str) -> str | None:
-        """The bucket key of a source, or None when it is allow-listed."""
+        """The bucket key of a source, or None when it is allow-listed (memoised: trunks and
+        dispatchers send every INVITE from the same few addresses)."""
         if not self._allow and ":" not in source_ip:
             return source_ip  # the common case costs no parsing
+        if source_ip in self._keys:
+            return self._keys[source_ip]
+        key = self._parse_key(source_ip)
+        if len(self._keys) >= _KEY_CACHE:
+            self._keys.clear()
+        self._keys[source_ip] = key
+        return key
+
+    def _parse_key(self, source_ip: str) -> str | None:
         try:
             address = ipaddress.ip_address(source_ip)
         except ValueError:
