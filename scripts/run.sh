@@ -1,6 +1,41 @@
 #!/usr/bin/env bash
-# Set up (if needed), then run one edge node with config/edge.yaml; extra arguments go to the edge.
+# Set up (if needed), then run the product on this machine:
+#   1. a local Ray cluster with the AI layer (`serve run ray_config.yaml`: live transcription on
+#      ws://127.0.0.1:8000/v1/calls/{call_id}/stream), unless SMARTPBX_AI=0;
+#   2. one edge node with config/edge.yaml, streaming answered calls to it (ai.enabled).
+# Extra arguments go to the edge. Ctrl-C stops both. Transcripts arrive as transcript.final events:
+#   curl -H "Authorization: Bearer $TOKEN" 'http://127.0.0.1:8080/api/events?name=transcript.*'
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-exec .venv/bin/smartpbx edge --config config/edge.yaml "$@"
+
+SERVE_PID=""
+stop_ai() {
+    if [ -n "$SERVE_PID" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
+        printf '==> stopping the AI layer\n'
+        kill -INT "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+}
+trap stop_ai EXIT
+
+if [ "${SMARTPBX_AI:-1}" != "0" ]; then
+    printf '\n==> starting the AI layer (local Ray cluster + Serve app, ~15 s; log: data/serve.log)\n'
+    mkdir -p data
+    .venv/bin/serve run ray_config.yaml > data/serve.log 2>&1 &
+    SERVE_PID=$!
+    for second in $(seq 1 120); do
+        if .venv/bin/python -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8000/healthz", timeout=1)' \
+            2>/dev/null; then
+            printf '    AI layer ready after %s s\n' "$second"
+            break
+        fi
+        kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 30 data/serve.log; echo "run.sh: the AI layer failed to start" >&2; exit 1; }
+        [ $((second % 5)) -eq 0 ] && printf '    waiting for the AI layer (%s s)\n' "$second"
+        sleep 1
+    done
+    export SMARTPBX__AI__ENABLED=true
+fi
+
+printf '\n==> starting the edge (config/edge.yaml)\n'
+.venv/bin/smartpbx edge --config config/edge.yaml "$@"
