@@ -1,7 +1,8 @@
 """ai_link: the edge's client of the AI layer, one WebSocket per call (see DESIGN.md).
 
 :mod:`.protocol` is the wire contract (shared with the Serve ingress), :mod:`.config` the ``ai:``
-configuration section and :mod:`.client` the asyncio client (``AiLink``, ``CallStream``). Only the
+configuration section, :mod:`.client` one call's stream (``CallStream``), :mod:`.link` the node-wide
+owner (``AiLink``) and :mod:`.bridge` its wiring into the node. Only the
 first two are re-exported here, so that ``pbx_edge.ops.config`` can import the config without pulling
 in aiohttp and the media stack.
 """

@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pbx_edge.ai_link.client import AiLink, CallMeta, InjectAudio, apply_media_action
+from pbx_edge.ai_link.client import CallMeta, InjectAudio
 from pbx_edge.ai_link.config import AiLinkConfig
+from pbx_edge.ai_link.link import AiLink, apply_media_action
 from pbx_edge.ai_link.protocol import ActionMessage, HangupAction, TranscriptEvent
 from pbx_edge.b2bua.call import EndReason
 from pbx_edge.ops.events import EventBus, new_event_id

@@ -12,14 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pbx_edge.ai_link.client import (
-    AiLink,
-    CallMeta,
-    CallStream,
-    InjectAudio,
-    apply_media_action,
-)
+from pbx_edge.ai_link.client import CallMeta, CallStream, InjectAudio
 from pbx_edge.ai_link.config import AiLinkConfig
+from pbx_edge.ai_link.link import AiLink, apply_media_action
 from pbx_edge.ai_link.protocol import (
     FLAG_GAP,
     ActionMessage,
