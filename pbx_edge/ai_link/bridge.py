@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pbx_edge.ai_link.client import CallMeta, InjectAudio
 from pbx_edge.ai_link.config import AiLinkConfig
 from pbx_edge.ai_link.link import AiLink, apply_media_action
 from pbx_edge.ai_link.protocol import ActionMessage, HangupAction, TranscriptEvent
+from pbx_edge.ai_link.transcripts import TranscriptStore
 from pbx_edge.b2bua.call import EndReason
 from pbx_edge.ops.events import EventBus, new_event_id
 from pbx_edge.ops.models import Event
@@ -40,6 +42,7 @@ class AiBridge:
         self.wall = wall
         self.link = AiLink(config)
         self.transcripts: dict[str, list[TranscriptEvent]] = {}
+        self.store = TranscriptStore(Path(config.transcripts_dir), wall) if config.transcripts_dir else None
         if config.enabled:
             bus.subscribe(self._on_event)
 
@@ -72,6 +75,11 @@ class AiBridge:
         kept = self.transcripts.get(call.call_id or "")
         if kept is not None and transcript.final and len(kept) < MAX_KEPT_PER_CALL:
             kept.append(transcript)
+        if transcript.final and self.store is not None:
+            try:
+                self.store.append(call, transcript)
+            except OSError:  # a full or read-only disk must not take the call's stream down
+                log.exception("call %s: cannot store a transcript", call.call_id)
         name = "transcript.final" if transcript.final else "transcript.partial"
         data = transcript.model_dump(exclude={"type"})
         self.bus.publish(

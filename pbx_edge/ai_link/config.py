@@ -46,6 +46,7 @@ class AiLinkConfig(BaseModel):
     languages: dict[str, Language] = Field(default_factory=dict)  # callee prefix -> language
     mode: Mode = "transcribe"
     modes: dict[str, Mode] = Field(default_factory=dict)  # callee prefix -> mode
+    transcripts_dir: str | None = "data/transcripts"  # final transcripts by day (ai_link/transcripts.py)
 
     @field_validator("url")
     @classmethod

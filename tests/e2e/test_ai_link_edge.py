@@ -93,7 +93,12 @@ async def test_a_call_is_streamed_transcribed_and_spoken_to(e2e: E2E, ai_peer: F
             "metrics": {"enabled": False},
             "cdr": {"url": f"sqlite:///{e2e.workdir}/cdr.sqlite3"},
             "webhooks": {"outbox_url": f"sqlite:///{e2e.workdir}/outbox.sqlite3"},
-            "ai": {"enabled": True, "url": f"ws://{LOOPBACK}:{ai_peer.port}", "batch_frames": 5},
+            "ai": {
+                "enabled": True,
+                "url": f"ws://{LOOPBACK}:{ai_peer.port}",
+                "batch_frames": 5,
+                "transcripts_dir": str(e2e.workdir / "transcripts"),
+            },
         },
         environ={},
     )
@@ -126,6 +131,9 @@ async def test_a_call_is_streamed_transcribed_and_spoken_to(e2e: E2E, ai_peer: F
     (final,) = [e for e in events if e.name == "transcript.final"]
     assert final.a_call_id == dialog.call_id and final.data["text"] == "hello there"
     assert final.data["leg"] == "caller"
+    (stored,) = (e2e.workdir / "transcripts").glob("*/*.jsonl")  # the call store, by day
+    (record,) = [json.loads(line) for line in stored.read_text().splitlines()]
+    assert (record["a_call_id"], record["text"], record["leg"]) == (dialog.call_id, "hello there", "caller")
     injected = [r.data for r in callee.rtp if r.data[8:12] != callee.rtp[0].data[8:12]]
     assert len(injected) >= 45  # the callee heard the AI's second of audio (its own SSRC)
     decoder = get_codec("PCMU").new_decoder()
