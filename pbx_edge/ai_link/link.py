@@ -7,53 +7,30 @@ Split from :mod:`pbx_edge.ai_link.client`, which holds one call's stream.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from pbx_edge.media.interface import Side
 from pbx_edge.media.tap import TapQueue
 
-from .client import CallMeta, CallStream, InjectAudio, StreamStats
-from .config import AiLinkConfig
-from .protocol import (
-    ActionMessage,
-    BridgeAction,
-    Leg,
-    PlayAction,
-    StopPlaybackAction,
-    TranscriptEvent,
+from .client import (
+    ActionCallback,
+    CallMeta,
+    CallStream,
+    FinishedCallback,
+    InjectAudio,
+    SessionFactory,
+    StreamStats,
+    TranscriptCallback,
 )
+from .config import AiLinkConfig
+from .protocol import ActionMessage, BridgeAction, PlayAction, StopPlaybackAction
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = [
-    "AiLink",
-    "AiLinkStats",
-    "CallMeta",
-    "CallStream",
-    "InjectAudio",
-    "MediaControl",
-    "StreamStats",
-    "apply_media_action",
-]
-
-log = logging.getLogger("pbx_edge.ai_link")
-
-SessionFactory = Callable[[], aiohttp.ClientSession]
-TranscriptCallback = Callable[[TranscriptEvent], object]
-ActionCallback = Callable[["ActionMessage | InjectAudio"], object]
-FinishedCallback = Callable[["CallStream"], object]
-WebSocket = aiohttp.ClientWebSocketResponse
-
-_U32 = 0xFFFFFFFF
-_SEND_ERRORS = (ConnectionError, aiohttp.ClientError)
-_LEG_OF_SIDE = {Side.CALLER: Leg.CALLER, Side.CALLEE: Leg.CALLEE}
+__all__ = ["AiLink", "AiLinkStats", "MediaControl", "apply_media_action"]
 
 
 # ---------------------------------------------------------------------------------------------
