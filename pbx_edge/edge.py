@@ -16,7 +16,6 @@ from pbx_edge.b2bua.call import EndReason
 from pbx_edge.b2bua.core import EdgeCore, LocalAddress
 from pbx_edge.gc_policy import GcPolicy
 from pbx_edge.media.engines import make_engine
-from pbx_edge.media.interface import Side
 from pbx_edge.media.relay import RelayMedia
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.ops.operations import Operations
@@ -40,9 +39,6 @@ class EdgeNode:
             engine = make_engine(config.media)
             self.media = RelayMedia(config.media, engine, time.monotonic, self._media_inactive)
         self.core = EdgeCore(config, local, media=self.media)
-        self.core.dtmf_listeners.append(self._on_dtmf)
-        if self.media is not None:
-            self.media.dtmf_listeners.append(self._on_dtmf)
         self.ops = Operations(self)
         self.started = False
         self._watcher: asyncio.Task[None] | None = None
@@ -157,11 +153,6 @@ class EdgeNode:
             log.info("call %s ended: no media for %s", call_id, reason)
         self._flush()
         return ended
-
-    def _on_dtmf(self, call_id: str, leg: Side, digit: str) -> None:
-        """RFC 4733 events (from the media tap) and SIP INFO digits (from the core) alike; the
-        operations issue publishes them on the event bus as ``dtmf``."""
-        log.info("dtmf call=%s leg=%s digit=%s", call_id, leg.value, digit)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -25,8 +25,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pbx_edge.media.call_audio import CallAudio, DtmfListener
-from pbx_edge.media.engine import SIDE_A, SIDE_B, Address, RelayEngine, StreamSockets
+from pbx_edge.media.call_audio import ENGINE_SIDE, OTHER, CallAudio, DtmfListener
+from pbx_edge.media.engine import Address, RelayEngine, StreamSockets
 from pbx_edge.media.injector import PlayableAudio
 from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.media.ports import CallPorts, PoolUsage, PortPool, default_probe
@@ -37,8 +37,6 @@ from pbx_edge.ops.config import MediaConfig
 log = logging.getLogger("pbx_edge.media")
 
 MAX_STREAMS = 2
-ENGINE_SIDE = {Side.CALLER: SIDE_A, Side.CALLEE: SIDE_B}
-OTHER = {Side.CALLER: Side.CALLEE, Side.CALLEE: Side.CALLER}
 
 # Called with (call id, reason); returns True if the call was ended, False if it is not in a state
 # where media is expected (still ringing): the session's idle clock is then restarted.
