@@ -3,8 +3,9 @@
 On ``call.answered`` (from the event bus) a call is admitted to the AI link (at most
 ``ai.max_streams``: past that the call is not streamed and counted as shed; the call itself is never
 refused), its decoded-audio tap is subscribed and a :class:`~pbx_edge.ai_link.client.CallStream`
-starts. Transcripts come back as ``transcript.partial`` / ``transcript.final`` events on the same bus
-(so webhooks, logs and ``/api/events`` get them) and are kept per live call; media actions (play,
+starts. Transcripts come back as ``transcript.partial`` / ``transcript.final`` / ``transcript.gap``
+events on the same bus (so webhooks, logs and ``/api/events`` get them), are kept per live call for
+``/api/calls/{id}/transcript`` and, finals and gaps, stored by day; media actions (play,
 stop-playback, bridge) go to the call's media session, hang-up to the B2BUA.
 """
 
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 from pbx_edge.ai_link.client import CallMeta, InjectAudio
 from pbx_edge.ai_link.config import AiLinkConfig
 from pbx_edge.ai_link.link import AiLink, apply_media_action
-from pbx_edge.ai_link.protocol import ActionMessage, HangupAction, TranscriptEvent
+from pbx_edge.ai_link.live import CallTranscript, LiveTranscript, TranscriptItem
+from pbx_edge.ai_link.protocol import ActionMessage, HangupAction, TranscriptEvent, TranscriptGap
 from pbx_edge.ai_link.transcripts import TranscriptStore
 from pbx_edge.b2bua.call import EndReason
 from pbx_edge.ops.events import EventBus, new_event_id
@@ -28,8 +30,6 @@ if TYPE_CHECKING:
     from pbx_edge.edge import EdgeNode
 
 log = logging.getLogger("pbx_edge.ai_link")
-
-MAX_KEPT_PER_CALL = 1000  # transcript segments kept in memory per live call
 
 
 class AiBridge:
@@ -41,7 +41,7 @@ class AiBridge:
         self.config = config
         self.wall = wall
         self.link = AiLink(config)
-        self.transcripts: dict[str, list[TranscriptEvent]] = {}
+        self.transcripts: dict[str, LiveTranscript] = {}
         self.store = TranscriptStore(Path(config.transcripts_dir), wall) if config.transcripts_dir else None
         if config.enabled:
             bus.subscribe(self._on_event)
@@ -62,7 +62,7 @@ class AiBridge:
         if session is None or not self.link.admit(call_id):
             return  # pass-through media has no tap; over max_streams the call goes unstreamed
         queue = session.subscribe_tap(self.config.queue_frames)
-        self.transcripts[call_id] = []
+        self.transcripts[call_id] = LiveTranscript(call_id)
         self.link.start_call(
             CallMeta.from_event(event),
             queue,
@@ -71,16 +71,31 @@ class AiBridge:
             on_finished=lambda _stream: session.unsubscribe_tap(queue),
         )
 
-    def _on_transcript(self, call: Event, transcript: TranscriptEvent) -> None:
-        kept = self.transcripts.get(call.call_id or "")
-        if kept is not None and transcript.final and len(kept) < MAX_KEPT_PER_CALL:
-            kept.append(transcript)
-        if transcript.final and self.store is not None:
+    def transcript(self, call_id: str) -> CallTranscript | None:
+        """The live transcript of a streamed call, else the stored one of an ended call, else None."""
+        live = self.transcripts.get(call_id)
+        if live is not None:
+            return live.view()
+        records = self.store.find(call_id) if self.store is not None else None
+        if records is None:
+            return None
+        items = [TranscriptItem.from_record(r) for r in records]
+        return CallTranscript(call_id=call_id, live=False, items=items, partials=[])
+
+    def _on_transcript(self, call: Event, transcript: TranscriptEvent | TranscriptGap) -> None:
+        live = self.transcripts.get(call.call_id or "")
+        if live is not None:
+            live.add(transcript)
+        final = isinstance(transcript, TranscriptGap) or transcript.final
+        if final and self.store is not None:
             try:
                 self.store.append(call, transcript)
             except OSError:  # a full or read-only disk must not take the call's stream down
                 log.exception("call %s: cannot store a transcript", call.call_id)
-        name = "transcript.final" if transcript.final else "transcript.partial"
+        if isinstance(transcript, TranscriptGap):
+            name = "transcript.gap"
+        else:
+            name = "transcript.final" if transcript.final else "transcript.partial"
         data = transcript.model_dump(exclude={"type"})
         self.bus.publish(
             Event.model_construct(

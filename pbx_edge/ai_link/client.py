@@ -68,6 +68,7 @@ from .protocol import (
     ProtocolError,
     StartMessage,
     TranscriptEvent,
+    TranscriptGap,
     decode_frame,
     parse_ai_message,
 )
@@ -85,7 +86,7 @@ __all__ = [
 log = logging.getLogger("pbx_edge.ai_link")
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
-TranscriptCallback = Callable[[TranscriptEvent], object]
+TranscriptCallback = Callable[[TranscriptEvent | TranscriptGap], object]
 ActionCallback = Callable[["ActionMessage | InjectAudio"], object]
 FinishedCallback = Callable[["CallStream"], object]
 WebSocket = aiohttp.ClientWebSocketResponse
@@ -462,7 +463,7 @@ class CallStream:
             self._stats.bad_messages += 1
             log.warning("ai_link %s: ignored a bad message: %s", self.call_id, exc)
             return
-        if isinstance(message, TranscriptEvent):
+        if isinstance(message, TranscriptEvent | TranscriptGap):
             self._stats.transcripts += 1
             assert self._on_transcript is not None
             self._call(self._on_transcript, message)

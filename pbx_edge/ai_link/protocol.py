@@ -14,10 +14,11 @@ The edge opens ``/v1/calls/{call_id}/stream`` and sends, in order:
    dtmf, gap) as they happen;
 4. a JSON :class:`EndMessage`, then a close with code 1000.
 
-The AI side sends JSON :class:`TranscriptEvent` and action messages (play, stop_playback,
-transfer, hangup, bridge) and binary frames of PCM to inject into a leg, at any time after the
-start. Closing with :data:`CLOSE_DONE` or :data:`CLOSE_REJECTED` tells the edge not to reconnect;
-any other close (or a lost socket) makes it reconnect with the same call id.
+The AI side sends JSON :class:`TranscriptEvent` and :class:`TranscriptGap` messages, action
+messages (play, stop_playback, transfer, hangup, bridge) and binary frames of PCM to inject
+into a leg, at any time after the start. Closing with :data:`CLOSE_DONE` or
+:data:`CLOSE_REJECTED` tells the edge not to reconnect; any other close (or a lost socket)
+makes it reconnect with the same call id.
 
 Binary audio frames
 -------------------
@@ -85,6 +86,7 @@ __all__ = [
     "StartMessage",
     "StopPlaybackAction",
     "TranscriptEvent",
+    "TranscriptGap",
     "TransferAction",
     "TransferMessage",
     "UnholdMessage",
@@ -364,6 +366,24 @@ class TranscriptEvent(_Message):
         return self
 
 
+class TranscriptGap(_Message):
+    """A span of ``leg`` that has no transcript and never will: media the AI side never got
+    (``disconnected``, ``overflow``: echoed from the edge's gap controls) or audio it got but could
+    not transcribe (``stt_failed``: the STT replica died or failed). Stored with the transcript."""
+
+    type: Literal["transcript_gap"] = "transcript_gap"
+    leg: LegName
+    start: float = Field(ge=0)  # media seconds on the leg's clock
+    end: float = Field(ge=0)
+    reason: Literal["disconnected", "overflow", "stt_failed"]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TranscriptGap:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
+        return self
+
+
 class PlayAction(_Message):
     """Play to ``leg``: the edge's stored ``prompt`` by name, or (no prompt) the binary PCM that
     follows for that leg; ``text`` is what it says, for captions and the transcript."""
@@ -410,7 +430,7 @@ ActionMessage: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 EdgeMessage: TypeAlias = StartMessage | ControlMessage
-AiMessage: TypeAlias = TranscriptEvent | ActionMessage
+AiMessage: TypeAlias = TranscriptEvent | TranscriptGap | ActionMessage
 
 _EDGE_TYPES: dict[str, type[_Message]] = {
     m.model_fields["type"].default: m
@@ -418,7 +438,15 @@ _EDGE_TYPES: dict[str, type[_Message]] = {
 }
 _AI_TYPES: dict[str, type[_Message]] = {
     m.model_fields["type"].default: m
-    for m in (TranscriptEvent, PlayAction, StopPlaybackAction, TransferAction, HangupAction, BridgeAction)
+    for m in (
+        TranscriptEvent,
+        TranscriptGap,
+        PlayAction,
+        StopPlaybackAction,
+        TransferAction,
+        HangupAction,
+        BridgeAction,
+    )
 }
 
 
@@ -448,9 +476,9 @@ def _parse(text: str | bytes, types: Mapping[str, type[_Message]], direction: st
         raise ProtocolError(f"bad {kind!r} message: " + "; ".join(problems)) from None
 
 
-def parse_ai_message(text: str | bytes) -> TranscriptEvent | ActionMessage:
+def parse_ai_message(text: str | bytes) -> TranscriptEvent | TranscriptGap | ActionMessage:
     """Parse a JSON message from the AI side; raises :class:`ProtocolError` naming the problem."""
-    message: TranscriptEvent | ActionMessage = _parse(text, _AI_TYPES, "AI")
+    message: TranscriptEvent | TranscriptGap | ActionMessage = _parse(text, _AI_TYPES, "AI")
     return message
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
+from pbx_edge.ai_link.live import CallTranscript
 from pbx_edge.ops.auth import REALM, Principal, Role, TokenAuthenticator, bearer_token
 from pbx_edge.ops.config import AdminConfig
 from pbx_edge.ops.models import (
@@ -90,6 +91,19 @@ class CdrSource(Protocol):
         callee: str | None,
         disposition: str | None,
     ) -> str: ...
+
+
+class TranscriptSource(Protocol):
+    """Call transcripts (``AiBridge`` in pbx_edge/ai_link/bridge.py): live, else stored, else None."""
+
+    def transcript(self, call_id: str) -> CallTranscript | None: ...
+
+
+class NoTranscripts:
+    """The source of a node without an AI layer."""
+
+    def transcript(self, call_id: str) -> CallTranscript | None:
+        return None
 
 
 # --- query models ----------------------------------------------------------------------------------
@@ -180,6 +194,7 @@ class AdminContext:
     cdr: CdrSource
     auth: TokenAuthenticator
     openapi: dict[str, Any]
+    transcripts: TranscriptSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +342,19 @@ def hangup_call(ctx: AdminContext, req: ApiRequest) -> HangupAccepted:
     return HangupAccepted(call_id=call_id)
 
 
+def get_transcript(ctx: AdminContext, req: ApiRequest) -> CallTranscript:
+    call_id = req.path["call_id"]
+    transcript = ctx.transcripts.transcript(call_id)
+    if transcript is None:
+        raise ProblemError(
+            404,
+            f"no transcript for call {call_id!r} (not streamed to the AI layer, or unknown)",
+            type=CALL_NOT_FOUND,
+            title="Transcript Not Found",
+        )
+    return transcript
+
+
 def get_ports(ctx: AdminContext, req: ApiRequest) -> PortsView:
     usage = ctx.node.port_usage()
     return PortsView(mode="passthrough" if usage is None else "relay", usage=usage)
@@ -371,6 +399,10 @@ ROUTES: tuple[Route, ...] = (
           role=Role.ADMIN, response=HangupAccepted, status=202,
           description="BYE to both legs, or 480 to the caller and CANCEL to the callee before answer. "
           "202: the hangup is under way; the call leaves /api/calls once it has ended."),
+    Route("GET", "/api/calls/{call_id}/transcript", "getCallTranscript", "A call's transcript",
+          get_transcript, response=CallTranscript,
+          description="Live while the call is up (final segments, gaps, and the newest partial of each "
+          "leg: poll it), then read back from the call store. 404 when the call was not transcribed."),
     Route("GET", "/api/ports", "getPorts", "Media port-pool usage (FR22)", get_ports, response=PortsView),
     Route("GET", "/api/registrations", "listRegistrations", "Registered contacts", list_registrations,
           response=RegistrationList),
@@ -403,7 +435,11 @@ def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
 
 
 def make_admin_app(
-    node: NodeView, events: EventSource, cdr: CdrSource, config: AdminConfig
+    node: NodeView,
+    events: EventSource,
+    cdr: CdrSource,
+    config: AdminConfig,
+    transcripts: TranscriptSource | None = None,
 ) -> web.Application:
     auth = TokenAuthenticator(config.tokens)
     if not auth.configured:
@@ -412,7 +448,7 @@ def make_admin_app(
             "will answer 401"
         )
     app = web.Application(middlewares=[_problems])
-    app[CONTEXT] = AdminContext(node, events, cdr, auth, openapi_document())
+    app[CONTEXT] = AdminContext(node, events, cdr, auth, openapi_document(), transcripts or NoTranscripts())
     for route in ROUTES:
         if route.method == "GET":
             app.router.add_get(route.path, _endpoint(route))  # and HEAD, which some probes use

@@ -51,12 +51,15 @@ class FakeAiPeer:
                 caller = [f for f in self.frames if f.leg is Leg.CALLER]
                 if not answered and len(caller) >= 25:
                     answered = True
-                    await ws.send_str(
-                        json.dumps(
-                            {"type": "transcript", "final": True, "leg": "caller", "text": "hello there",
-                             "start": 0.0, "end": 0.5, "confidence": 0.9, "language": "en"}
-                        )
-                    )  # fmt: skip
+                    said = {"leg": "caller", "start": 0.0, "end": 0.5, "language": "en", "id": "u1"}
+                    for message in (
+                        {"type": "transcript", "final": False, "text": "hello", **said},
+                        {"type": "transcript", "final": True, "text": "hello there", "confidence": 0.9,
+                         **said},
+                        {"type": "transcript_gap", "leg": "callee", "start": 0.1, "end": 0.3,
+                         "reason": "stt_failed"},
+                    ):  # fmt: skip
+                        await ws.send_str(json.dumps(message))
                     t = np.arange(16000) / 16000
                     tone = (np.sin(2 * np.pi * 440 * t) * 10000).astype("<i2").tobytes()
                     await ws.send_bytes(encode_frame(Leg.CALLEE, 0, 0, tone))
@@ -113,6 +116,13 @@ async def test_a_call_is_streamed_transcribed_and_spoken_to(e2e: E2E, ai_peer: F
             caller.send_rtp(packet)
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.3)  # the injected second of audio plays out
+        live = node.ops.ai.transcript(ai_peer.starts[0]["call_id"])
+        assert live is not None and live.live
+        assert [(i.kind, i.text, i.reason) for i in live.items] == [
+            ("segment", "hello there", None),
+            ("gap", "", "stt_failed"),
+        ]
+        assert live.partials == []  # replaced by its final
         assert await dialog.bye() == 200
         await asyncio.sleep(0.3)
     finally:
@@ -128,12 +138,18 @@ async def test_a_call_is_streamed_transcribed_and_spoken_to(e2e: E2E, ai_peer: F
     heard = np.frombuffer(b"".join(f.pcm for f in caller_frames[5:45]), dtype="<i2")
     assert abs(dominant_frequency(heard, 16000) - 440.0) < 2.0
     assert any(c["type"] == "end" for c in ai_peer.controls)
+    names = [e.name for e in events if e.name.startswith("transcript.")]
+    assert names == ["transcript.partial", "transcript.final", "transcript.gap"]
     (final,) = [e for e in events if e.name == "transcript.final"]
     assert final.a_call_id == dialog.call_id and final.data["text"] == "hello there"
     assert final.data["leg"] == "caller"
     (stored,) = (e2e.workdir / "transcripts").glob("*/*.jsonl")  # the call store, by day
-    (record,) = [json.loads(line) for line in stored.read_text().splitlines()]
+    record, gap = [json.loads(line) for line in stored.read_text().splitlines()]
     assert (record["a_call_id"], record["text"], record["leg"]) == (dialog.call_id, "hello there", "caller")
+    assert (gap["kind"], gap["leg"], gap["reason"], gap["start"]) == ("gap", "callee", "stt_failed", 0.1)
+    after = node.ops.ai.transcript(start["call_id"])  # the call has ended: read back from the store
+    assert after is not None and not after.live
+    assert [(i.kind, i.leg) for i in after.items] == [("segment", "caller"), ("gap", "callee")]
     injected = [r.data for r in callee.rtp if r.data[8:12] != callee.rtp[0].data[8:12]]
     assert len(injected) >= 45  # the callee heard the AI's second of audio (its own SSRC)
     decoder = get_codec("PCMU").new_decoder()

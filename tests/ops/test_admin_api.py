@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from pbx_edge.ai_link.live import LiveTranscript
+from pbx_edge.ai_link.protocol import TranscriptEvent, TranscriptGap
 from pbx_edge.ops.admin_api import ROUTES, make_admin_app, start_admin
 from pbx_edge.ops.auth import hash_token
 from pbx_edge.ops.config import AdminConfig, AdminToken
@@ -120,6 +122,20 @@ def _record(i: int) -> CdrRecord:
     )
 
 
+class FakeTranscripts:
+    """The AI bridge's view: one live call, c1, with a final, a gap and a partial."""
+
+    def __init__(self) -> None:
+        self.live = LiveTranscript("c1")
+        said = {"leg": "caller", "start": 0.5, "end": 1.5, "language": "en"}
+        self.live.add(TranscriptEvent.model_validate({"final": True, "text": "hello", "id": "u1", **said}))
+        self.live.add(TranscriptGap(leg="callee", start=1.0, end=2.0, reason="stt_failed"))
+        self.live.add(TranscriptEvent.model_validate({"final": False, "text": "how a", "id": "u2", **said}))
+
+    def transcript(self, call_id: str) -> Any:
+        return self.live.view() if call_id == "c1" else None
+
+
 class FakeCdr:
     def __init__(self, records: list[CdrRecord]) -> None:
         self.records = records
@@ -193,7 +209,8 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:
     node, cdr = FakeNode(), FakeCdr([_record(i) for i in range(25)])
-    runner, base = await _serve(make_admin_app(node, FakeEvents(_events()), cdr, TOKENS))
+    app = make_admin_app(node, FakeEvents(_events()), cdr, TOKENS, FakeTranscripts())
+    runner, base = await _serve(app)
     async with aiohttp.ClientSession() as http:
         yield Api(base, node, cdr, http)
     await runner.cleanup()
@@ -220,6 +237,23 @@ async def test_health_and_ready_need_no_token(api: Api) -> None:
     assert resp.status == 200
     resp, _ = await api.request("HEAD", "/health", token=None)
     assert resp.status == 200
+
+
+# --- transcripts -----------------------------------------------------------------------------------
+async def test_call_transcript_live_and_unknown(api: Api) -> None:
+    resp, body = await api.request("GET", "/api/calls/c1/transcript", token=VIEWER)
+    assert resp.status == 200, body
+    assert (body["call_id"], body["live"], body["truncated"]) == ("c1", True, False)
+    assert [(i["kind"], i["leg"], i["text"], i["reason"]) for i in body["items"]] == [
+        ("segment", "caller", "hello", None),
+        ("gap", "callee", "", "stt_failed"),
+    ]
+    assert [(p["kind"], p["text"], p["utterance_id"]) for p in body["partials"]] == [
+        ("partial", "how a", "u2")
+    ]
+    resp, body = await api.request("GET", "/api/calls/nope/transcript", token=VIEWER)
+    _assert_problem(resp, body, 404)
+    assert "no transcript" in body["detail"]
 
 
 # --- authentication and roles ----------------------------------------------------------------------
@@ -495,6 +529,7 @@ async def test_openapi_lists_every_route_with_its_role(api: Api) -> None:
         ("GET", "/api/calls"): "viewer",
         ("GET", "/api/calls/{call_id}"): "viewer",
         ("POST", "/api/calls/{call_id}/hangup"): "admin",
+        ("GET", "/api/calls/{call_id}/transcript"): "viewer",
         ("GET", "/api/ports"): "viewer",
         ("GET", "/api/registrations"): "viewer",
         ("GET", "/api/cdr"): "viewer",
