@@ -1,4 +1,4 @@
-"""``smartpbx`` command line: run an edge node, check a config file."""
+"""``smartpbx`` command line: run an edge node, check a config file, make a token, watch transcripts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 
 from pbx_edge.ops.config import ConfigError, load_config
 from pbx_edge.ops.logging import configure_logging, shutdown_logging
+from pbx_edge.watch import add_watch_parser
 
 
 def _run_edge(args: argparse.Namespace) -> int:
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", default="ops", help="who the token is for (logged on admin actions)")
     token.add_argument("--role", choices=("viewer", "admin"), default="viewer")
     token.set_defaults(func=_new_token)
+    add_watch_parser(sub)
     return parser
 
 

@@ -3,8 +3,9 @@
 #   1. a local Ray cluster with the AI layer (`serve run ray_config.yaml`: live transcription on
 #      ws://127.0.0.1:8000/v1/calls/{call_id}/stream), unless SMARTPBX_AI=0;
 #   2. one edge node with config/edge.yaml, streaming answered calls to it (ai.enabled).
-# Extra arguments go to the edge. Ctrl-C stops both. Transcripts arrive as transcript.final events:
-#   curl -H "Authorization: Bearer $TOKEN" 'http://127.0.0.1:8080/api/events?name=transcript.*'
+# Extra arguments go to the edge. Ctrl-C stops both. Watch live transcripts from another terminal:
+#   .venv/bin/smartpbx watch            (uses data/local-admin-token, made here on first run)
+# or: curl -H "Authorization: Bearer $(cat data/local-admin-token)" http://127.0.0.1:8080/api/calls
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -35,6 +36,17 @@ if [ "${SMARTPBX_AI:-1}" != "0" ]; then
         sleep 1
     done
     export SMARTPBX__AI__ENABLED=true
+fi
+
+if [ -z "${SMARTPBX__ADMIN__TOKENS:-}" ]; then
+    # A local admin token for this machine (only its SHA-256 goes into the edge's config).
+    mkdir -p data
+    if [ ! -s data/local-admin-token ]; then
+        (umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > data/local-admin-token)
+    fi
+    digest=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("data/local-admin-token").read().strip().encode()).hexdigest())')
+    export SMARTPBX__ADMIN__TOKENS="[{name: local, role: admin, sha256: $digest}]"
+    printf '\n    admin token: data/local-admin-token; live transcripts: .venv/bin/smartpbx watch\n'
 fi
 
 printf '\n==> starting the edge (config/edge.yaml)\n'

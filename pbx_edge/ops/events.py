@@ -37,6 +37,14 @@ callee leg exists), ``caller`` and ``callee``. The ``data`` fields per event nam
 ``dtmf``
     ``leg`` (``"caller"`` | ``"callee"``), ``digit`` (str, ``0-9*#A-D``), ``method``
     (``"rfc4733"`` | ``"info"``).
+``transcript.partial`` / ``transcript.final``
+    from the AI layer (only for calls streamed to it): ``final`` (bool), ``leg``, ``speaker``
+    (str | None, diarization label within the leg), ``text``, ``start`` / ``end`` (media seconds on
+    the leg's clock), ``confidence`` (0..1 | None), ``language``, ``id`` (the utterance: a partial
+    and its final share it). Finals are also stored (pbx_edge/ai_link/transcripts.py).
+``transcript.gap``
+    a span of a leg with no transcript: ``leg``, ``start``, ``end``, ``reason`` (``disconnected`` |
+    ``overflow``: the audio never reached the AI layer; ``stt_failed``: the recognizer failed).
 """
 
 from __future__ import annotations
