@@ -12,74 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from pbx_edge.media.codecs import get_codec
+from pbx_edge.media.pcap import pcap_udp_payloads, pcm_to_rtp, rtp_header, write_rtp_pcap
 from pbx_edge.sip.message import Request, Response, parse_message
 
 LOOPBACK = "127.0.0.1"
-
-
-# ------------------------------------------------------------------------------------------- pcap
-def pcap_udp_payloads(path: Path) -> list[bytes]:
-    data = path.read_bytes()
-    magic, _, _, _, _, _, link = struct.unpack("<IHHiIII", data[:24])
-    if magic != 0xA1B2C3D4 or link != 1:
-        raise ValueError(f"{path}: not a little-endian Ethernet pcap")
-    payloads, offset = [], 24
-    while offset + 16 <= len(data):
-        _, _, incl, _ = struct.unpack("<IIII", data[offset : offset + 16])
-        frame = data[offset + 16 : offset + 16 + incl]
-        offset += 16 + incl
-        ip = frame[14:]
-        if frame[12:14] != b"\x08\x00" or ip[9] != 17:
-            continue
-        header = (ip[0] & 0x0F) * 4
-        udp_len = struct.unpack("!H", ip[header + 4 : header + 6])[0]
-        payloads.append(ip[header + 8 : header + udp_len])
-    return payloads
-
-
-def write_rtp_pcap(path: Path, packets: list[bytes], interval: float = 0.02) -> Path:
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for i, payload in enumerate(packets):
-        udp = struct.pack("!HHHH", 40000, 40002, 8 + len(payload), 0) + payload
-        total = 20 + len(udp)
-        address = socket.inet_aton(LOOPBACK)
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, i & 0xFFFF, 0, 64, 17, 0, address, address)
-        frame = b"\x00" * 12 + b"\x08\x00" + ip + udp
-        usec = round(i * interval * 1e6)
-        out.append(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)) + frame)
-    path.write_bytes(b"".join(out))
-    return path
-
-
-def rtp_header(pt: int, seq: int, ts: int, ssrc: int, marker: bool = False) -> bytes:
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
+__all__ = ["LOOPBACK", "Dialog", "Phone", "dominant_frequency", "pcap_udp_payloads", "rtp_header", "tone_rtp",
+           "tone_snr_db", "write_rtp_pcap"]  # fmt: skip
 
 
 def tone_rtp(
     codec_name: str, pt: int, seconds: float, freq: float = 440.0, ssrc: int = 0x51B0
 ) -> list[bytes]:
     """A sine at ``freq`` Hz, 20 ms per packet, encoded with the registered codec ``codec_name``."""
-    codec = get_codec(codec_name)
-    rate = codec.info.sample_rate
-    frame = rate // 50
-    count = round(seconds * 50)
-    t = np.arange(frame * count) / rate
-    pcm = (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
-    encoder = codec.new_encoder()
-    step = codec.info.clock_rate // 50
-    return [
-        rtp_header(pt, 1000 + i, 5000 + i * step, ssrc, marker=i == 0)
-        + encoder.encode(pcm[i * frame : (i + 1) * frame])
-        for i in range(count)
-    ]
+    rate = get_codec(codec_name).info.sample_rate
+    t = np.arange(round(seconds * 50) * (rate // 50)) / rate
+    return pcm_to_rtp((np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16), codec_name, pt, ssrc)
 
 
 def dominant_frequency(pcm: np.ndarray, rate: int) -> float:

@@ -13,7 +13,6 @@ import pytest
 
 from tests.e2e.harness import E2E, LOOPBACK, SIPP
 from tests.e2e.rtp_peer import Phone, pcap_udp_payloads, rtp_header
-from tests.e2e.sipp import SCENARIOS
 
 pytestmark = [
     pytest.mark.skipif(SIPP is None, reason="sipp not installed"),
@@ -21,6 +20,7 @@ pytestmark = [
 ]
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
+PCAP_TEMPLATE = Path(__file__).resolve().parents[2] / "scripts" / "sipp" / "uac_pcap.xml.tmpl"
 needs_pcap_play = pytest.mark.skipif(
     not (SIPP_PCAPS / "g711a.pcap").exists() or os.geteuid() != 0,
     reason="SIPp's pcaps missing, or not root (play_pcap_audio needs a raw socket)",
@@ -28,7 +28,7 @@ needs_pcap_play = pytest.mark.skipif(
 
 
 def pcap_scenario(workdir: Path, pcap: Path, pt: int, rtpmap: str, pause_ms: int) -> Path:
-    template = (SCENARIOS / "uac_pcap.xml.tmpl").read_text()
+    template = PCAP_TEMPLATE.read_text()
     path = workdir / f"uac_pcap_{pcap.stem}.xml"
     path.write_text(template.format(pcap=pcap, pt=pt, rtpmap=rtpmap, pause_ms=pause_ms))
     return path
