@@ -12,6 +12,7 @@ stop-playback, bridge) go to the call's media session, hang-up to the B2BUA.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,7 @@ class AiBridge:
         self.wall = wall
         self.link = AiLink(config)
         self.transcripts: dict[str, LiveTranscript] = {}
+        self.received: Counter[str] = Counter()  # transcript messages by kind: final, partial, gap
         self.store = TranscriptStore(Path(config.transcripts_dir), wall) if config.transcripts_dir else None
         if config.enabled:
             bus.subscribe(self._on_event)
@@ -92,10 +94,9 @@ class AiBridge:
                 self.store.append(call, transcript)
             except OSError:  # a full or read-only disk must not take the call's stream down
                 log.exception("call %s: cannot store a transcript", call.call_id)
-        if isinstance(transcript, TranscriptGap):
-            name = "transcript.gap"
-        else:
-            name = "transcript.final" if transcript.final else "transcript.partial"
+        kind = "gap" if isinstance(transcript, TranscriptGap) else "final" if final else "partial"
+        self.received[kind] += 1
+        name = f"transcript.{kind}"
         data = transcript.model_dump(exclude={"type"})
         self.bus.publish(
             Event.model_construct(

@@ -63,6 +63,14 @@ class MetricsSnapshot:
     webhook_outbox_depth: int = 0  # deliveries waiting in the outbox
     rate_limited_rejected: int = 0  # requests answered with 503 + Retry-After
     rate_limited_dropped: int = 0  # requests dropped silently (flood)
+    ai_streams_active: int = 0  # calls streamed to the AI layer now
+    ai_streams_started: int = 0
+    ai_streams_shed: int = 0  # answered calls not streamed: ai.max_streams reached
+    ai_frames_sent: int = 0  # 20 ms audio frames sent to the AI layer
+    ai_frames_dropped: Mapping[str, int] = field(default_factory=dict)  # by cause: disconnected, queue
+    ai_reconnects: int = 0
+    ai_connect_failures: int = 0
+    ai_transcripts: Mapping[str, int] = field(default_factory=dict)  # received, by kind: final, partial, gap
 
 
 class MetricsSource(Protocol):
@@ -169,6 +177,32 @@ class NodeCollector:
             ),
             {"rejected": s.rate_limited_rejected, "dropped": s.rate_limited_dropped},
         )
+        yield from _ai_metrics(s)
+
+
+def _ai_metrics(s: MetricsSnapshot) -> Iterator[Metric]:
+    """The edge's side of the AI link (the Serve side exports its own through Ray)."""
+    yield _gauge("ai_streams_active", "Calls streamed to the AI layer now", s.ai_streams_active)
+    yield _counter("ai_streams_started", "Calls whose audio streaming to the AI layer started",
+                   s.ai_streams_started)  # fmt: skip
+    yield _counter(
+        "ai_streams_shed", "Answered calls not streamed: ai.max_streams reached", s.ai_streams_shed
+    )
+    yield _counter("ai_frames_sent", "20 ms audio frames sent to the AI layer", s.ai_frames_sent)
+    yield _labelled(
+        CounterMetricFamily(
+            PREFIX + "ai_frames_dropped", "Audio frames not sent to the AI layer, by cause", labels=["cause"]
+        ),
+        {"disconnected": 0, "queue": 0, **s.ai_frames_dropped},
+    )
+    yield _counter("ai_reconnects", "AI stream reconnections after a lost socket", s.ai_reconnects)
+    yield _counter("ai_connect_failures", "Failed AI stream connection attempts", s.ai_connect_failures)
+    yield _labelled(
+        CounterMetricFamily(
+            PREFIX + "ai_transcripts", "Transcript messages received, by kind", labels=["kind"]
+        ),
+        {"final": 0, "partial": 0, "gap": 0, **s.ai_transcripts},
+    )
 
 
 _POOL = ("allocated_calls", "total_calls", "allocated_ports", "total_ports", "unusable_blocks")

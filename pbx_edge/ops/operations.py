@@ -134,6 +134,22 @@ class Operations:
             rate_limited_rejected=limits.rejected,
             rate_limited_dropped=limits.dropped,
         )
+        link = self.ai.link.stats()
+        streams = link.streams
+        snapshot = replace(
+            snapshot,
+            ai_streams_active=link.active,
+            ai_streams_started=link.started,
+            ai_streams_shed=link.shed,
+            ai_frames_sent=streams.frames_sent,
+            ai_frames_dropped={
+                "disconnected": streams.frames_dropped_disconnected,
+                "queue": streams.frames_dropped_queue,
+            },
+            ai_reconnects=streams.reconnects,
+            ai_connect_failures=streams.connect_failures,
+            ai_transcripts=dict(self.ai.received),
+        )
         if node.media is not None:
             engine = node.media.engine.stats()
             snapshot = replace(

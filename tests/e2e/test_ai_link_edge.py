@@ -123,6 +123,10 @@ async def test_a_call_is_streamed_transcribed_and_spoken_to(e2e: E2E, ai_peer: F
             ("gap", "", "stt_failed"),
         ]
         assert live.partials == []  # replaced by its final
+        metrics = node.ops.metrics_snapshot()
+        assert metrics.ai_transcripts == {"partial": 1, "final": 1, "gap": 1}
+        assert (metrics.ai_streams_active, metrics.ai_streams_started) == (1, 1)
+        assert metrics.ai_frames_sent >= 45
         assert await dialog.bye() == 200
         await asyncio.sleep(0.3)
     finally:

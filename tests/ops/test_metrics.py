@@ -39,6 +39,14 @@ SNAPSHOT = MetricsSnapshot(
     webhook_outbox_depth=11,
     rate_limited_rejected=13,
     rate_limited_dropped=250,
+    ai_streams_active=2,
+    ai_streams_started=30,
+    ai_streams_shed=5,
+    ai_frames_sent=99_000,
+    ai_frames_dropped={"disconnected": 40},
+    ai_reconnects=3,
+    ai_connect_failures=8,
+    ai_transcripts={"final": 70, "partial": 200},
 )
 
 
@@ -117,6 +125,16 @@ async def test_scrape_reports_the_node_state(scraper: Scraper) -> None:
     assert _value(s, "smartpbx_webhook_outbox_depth") == 11
     assert _value(s, "smartpbx_rate_limited_requests_total", action="rejected") == 13
     assert _value(s, "smartpbx_rate_limited_requests_total", action="dropped") == 250
+    assert _value(s, "smartpbx_ai_streams_active") == 2
+    assert _value(s, "smartpbx_ai_streams_started_total") == 30
+    assert _value(s, "smartpbx_ai_streams_shed_total") == 5
+    assert _value(s, "smartpbx_ai_frames_sent_total") == 99_000
+    assert _value(s, "smartpbx_ai_frames_dropped_total", cause="disconnected") == 40
+    assert _value(s, "smartpbx_ai_frames_dropped_total", cause="queue") == 0  # every cause from the start
+    assert _value(s, "smartpbx_ai_reconnects_total") == 3
+    assert _value(s, "smartpbx_ai_connect_failures_total") == 8
+    assert _value(s, "smartpbx_ai_transcripts_total", kind="final") == 70
+    assert _value(s, "smartpbx_ai_transcripts_total", kind="gap") == 0
 
 
 async def test_values_are_read_at_scrape_time(scraper: Scraper) -> None:
