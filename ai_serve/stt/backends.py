@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+FITTED_MAX_SECONDS = 25.0  # longer utterances are decoded the standard way (30 s windows)
 
 FloatPcm = npt.NDArray[np.float32]
 
@@ -234,8 +235,18 @@ class FasterWhisperBackend(BaseSttBackend):
         temperature: Sequence[float] = (0.0, 0.4),
         default_language: str | None = None,
         filters_off_languages: frozenset[str] = DEFAULT_FILTERS_OFF,
+        audio_context: str = "full",
+        context_margin_s: float = 1.0,
     ) -> None:
-        """``cpu_threads=0`` lets CTranslate2 choose; ``num_workers`` > 1 allows parallel calls."""
+        """``cpu_threads=0`` lets CTranslate2 choose; ``num_workers`` > 1 allows parallel calls.
+
+        ``audio_context="fitted"``: utterances up to 25 s go through :mod:`ai_serve.stt.short_context`
+        (the encoder sees the utterance + ``context_margin_s``, not 30 s), with the standard decode as
+        the fallback when that result looks broken."""
+        if audio_context not in ("full", "fitted"):
+            raise ValueError(f"audio_context must be 'full' or 'fitted', got {audio_context!r}")
+        if context_margin_s < 0:
+            raise ValueError(f"context_margin_s must be >= 0, got {context_margin_s}")
         super().__init__()
         try:
             from faster_whisper import WhisperModel  # type: ignore[import-untyped]
@@ -251,6 +262,9 @@ class FasterWhisperBackend(BaseSttBackend):
         self.temperature = tuple(temperature)
         self.default_language = default_language
         self.filters_off_languages = frozenset(filters_off_languages)
+        self.audio_context = audio_context
+        self.context_margin_s = context_margin_s
+        self.fitted_fallbacks = 0  # fitted decodes that looked broken and were decoded again in full
         t0 = time.perf_counter()
         self._model: Any = WhisperModel(
             str(self.model_dir),
@@ -287,6 +301,11 @@ class FasterWhisperBackend(BaseSttBackend):
 
     def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:
         lang = language or self.default_language
+        if self.audio_context == "fitted" and audio.size <= FITTED_MAX_SECONDS * SAMPLE_RATE:
+            fitted = self._fitted(audio, lang)
+            if fitted is not None:
+                return fitted
+            self.fitted_fallbacks += 1
         segments, info = self._model.transcribe(audio, **self._decode_options(lang))
         out: list[Segment] = []
         for s in segments:  # a generator: decoding happens while iterating
@@ -306,6 +325,24 @@ class FasterWhisperBackend(BaseSttBackend):
                 )
             )
         return out
+
+    def _fitted(self, audio: FloatPcm, language: str | None) -> list[Segment] | None:
+        """The fitted-context decode; None when it looks broken (the caller decodes in full)."""
+        from .short_context import decode_fitted, looks_broken
+
+        d = decode_fitted(
+            self._model, audio, language, margin_s=self.context_margin_s, beam_size=self.beam_size
+        )
+        filters_off = d.language in self.filters_off_languages
+        if looks_broken(d.text, d.avg_logprob, min_logprob=-math.inf if filters_off else -1.0):
+            return None
+        if not d.text or (not filters_off and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0):
+            return []  # Whisper's no-speech rule
+        confidence = min(1.0, max(0.0, math.exp(d.avg_logprob)))
+        return [
+            Segment(text, start, max(end, start), d.avg_logprob, confidence, d.language, d.no_speech_prob)
+            for start, end, text in d.segments
+        ]
 
     def close(self) -> None:
         self._model = None
