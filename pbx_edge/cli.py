@@ -62,6 +62,20 @@ def _new_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcribe(argv: list[str]) -> int:
+    """``smartpbx transcribe FILE.wav``: offline transcription with speakers (needs the ``ai`` extra)."""
+    try:
+        from ai_serve.offline import main as transcribe_main
+    except ImportError as exc:
+        print(
+            f"smartpbx transcribe needs the AI extra ({exc}): pip install 'smartpbx[ai]' "
+            "(or pip install -e '.[ai]' in a checkout)",
+            file=sys.stderr,
+        )
+        return 2
+    return transcribe_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartpbx", description="SmartPBX AI edge and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,10 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=("viewer", "admin"), default="viewer")
     token.set_defaults(func=_new_token)
     add_watch_parser(sub)
+    transcribe = sub.add_parser(
+        "transcribe",
+        add_help=False,  # its own options and --help: main() hands everything after the word over
+        help="transcribe a WAV recording with speaker labels, in-process (needs the ai extra)",
+    )
+    transcribe.add_argument("args", nargs=argparse.REMAINDER)
+    transcribe.set_defaults(func=lambda args: _transcribe(args.args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["transcribe"]:  # argparse would take its options (--json ...) as unknown ones
+        return _transcribe(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
