@@ -1,0 +1,186 @@
+"""The model roles as their own Serve application: ``smartpbx-roles`` at ``/v1`` (see ray_config.yaml).
+
+Other Ray code (the pipelines, the attendant, a notebook) calls the roles through deployment
+handles, e.g. ``serve.get_deployment_handle("LlmDeployment", app_name="smartpbx-roles")``; anything
+else uses the small OpenAI-style HTTP gateway here:
+
+==============================  ===============================================================
+``POST /v1/embeddings``         ``{"input": str | [str], "kind": "query"|"passage"}`` → OpenAI shape
+``POST /v1/chat/completions``   ``{"messages": [...], "max_tokens", "temperature", "stop",
+                                "response_format": {"type": "json_schema", "json_schema": {...}}}``
+``POST /v1/audio/speech``       ``{"input": str, "language": "en"|"ko"|...}`` → ``audio/wav`` 16 kHz
+``POST /v1/audio/segments``     body: s16le 16 kHz mono PCM → ``[{"start", "end"}]`` (the VAD)
+``GET /v1/healthz``             which roles are up
+==============================  ===============================================================
+
+Streaming chat is for handles (``handle.options(stream=True).stream.remote(...)``), not this
+gateway; in production the OpenAI-compatible LLM endpoint is vLLM's own (ai_serve/llm/vllm_app.py).
+"""
+
+# No ``from __future__ import annotations``: Serve pickles the gateway class by value and FastAPI
+# must resolve the route annotations in the replica (see ai_serve/ingress.py).
+
+import io
+import time
+import wave
+from typing import Any, Literal, cast
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+from ray.serve.handle import DeploymentHandle
+
+from .deployments.embeddings import EmbeddingDeployment, EmbeddingOptions
+from .deployments.llm import LlmDeployment, LlmOptions
+from .deployments.tts import TtsDeployment, TtsOptions
+from .deployments.vad import VadDeployment, VadOptions
+
+__all__ = ["RolesArgs", "RolesGateway", "build_roles_app"]
+
+MAX_PCM_BYTES = 16000 * 2 * 600  # /audio/segments: at most 10 minutes per request
+
+
+class RolesArgs(BaseModel):
+    """Builder arguments of the roles application (its ``args`` in ``ray_config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embeddings: EmbeddingOptions = Field(default_factory=EmbeddingOptions)
+    llm: LlmOptions = Field(default_factory=LlmOptions)
+    tts: TtsOptions = Field(default_factory=TtsOptions)
+    vad: VadOptions = Field(default_factory=VadOptions)
+    num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per role replica (the config may override)")
+
+
+class EmbeddingsRequest(BaseModel):
+    input: str | list[str] = Field(min_length=1)
+    kind: Literal["query", "passage"] = "passage"
+    model: str | None = None  # accepted for OpenAI clients; the deployment's model answers
+
+
+class ChatCompletionRequest(BaseModel):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int = Field(256, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0, le=2)
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    model: str | None = None
+
+
+class SpeechRequest(BaseModel):
+    input: str = Field(min_length=1, max_length=4096)
+    language: str | None = None
+
+
+def _wav(pcm: bytes, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def _json_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` → the schema for constrained decoding (None: free text)."""
+    if response_format is None or response_format.get("type") == "text":
+        return None
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+    raise HTTPException(400, "response_format must be text, json_object or json_schema with a schema")
+
+
+app = FastAPI(title="SmartPBX AI roles")
+
+
+@serve.deployment(name="RolesGateway", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=100)
+@serve.ingress(app)
+class RolesGateway:
+    def __init__(
+        self,
+        embeddings: DeploymentHandle[Any],
+        llm: DeploymentHandle[Any],
+        tts: DeploymentHandle[Any],
+        vad: DeploymentHandle[Any],
+    ) -> None:
+        self.embeddings, self.llm, self.tts, self.vad = embeddings, llm, tts, vad
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "roles": ["embeddings", "llm", "tts", "vad"]}
+
+    @app.post("/embeddings")
+    async def embeddings_route(self, body: EmbeddingsRequest) -> dict[str, Any]:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not all(texts):
+            raise HTTPException(400, "every input must be a non-empty string")
+        vectors = await self.embeddings.embed.remote(texts, body.kind)
+        info = await self.embeddings.info.remote()
+        return {
+            "object": "list",
+            "model": info.get("model"),
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [float(x) for x in row]}
+                for i, row in enumerate(vectors)
+            ],
+        }
+
+    @app.post("/chat/completions")
+    async def chat_route(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        started = time.time()
+        result = await self.llm.chat.remote(
+            body.messages,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            stop=body.stop,
+            json_schema=_json_schema(body.response_format),
+            seed=body.seed,
+        )
+        message: dict[str, Any] = {"role": "assistant", "content": result["text"]}
+        if result.get("tool_calls"):
+            message["tool_calls"] = result["tool_calls"]
+        return {
+            "id": f"chatcmpl-{int(started * 1000)}",
+            "object": "chat.completion",
+            "created": int(started),
+            "model": result.get("model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": result.get("finish_reason")}],
+            "usage": result.get("usage") or {},
+        }
+
+    @app.post("/audio/speech")
+    async def speech_route(self, body: SpeechRequest) -> Response:
+        pcm, rate = await self.tts.synthesize.remote(body.input, body.language)
+        return Response(_wav(pcm, rate), media_type="audio/wav")
+
+    @app.post("/audio/segments")
+    async def segments_route(self, request: Request) -> list[dict[str, float]]:
+        pcm = await request.body()
+        if not pcm or len(pcm) % 2 or len(pcm) > MAX_PCM_BYTES:
+            raise HTTPException(400, f"body must be s16le 16 kHz mono PCM, 2..{MAX_PCM_BYTES} bytes, even")
+        segments: list[dict[str, float]] = await self.vad.segments.remote(pcm)
+        return segments
+
+
+def build_roles_app(args: dict[str, Any] | None = None) -> Application:
+    """The gateway bound to the four role deployments; ``args`` as in :class:`RolesArgs`."""
+    config = RolesArgs.model_validate(args or {})
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": config.num_cpus}}
+    roles = [
+        cast(Deployment, deployment).options(**options).bind(role.model_dump())
+        for deployment, role in (
+            (EmbeddingDeployment, config.embeddings),
+            (LlmDeployment, config.llm),
+            (TtsDeployment, config.tts),
+            (VadDeployment, config.vad),
+        )
+    ]
+    return cast(Deployment, RolesGateway).bind(*roles)
