@@ -1,9 +1,16 @@
 """The speech-to-text role as a Ray Serve deployment: one utterance of PCM in, segments out.
 
 The ingress cuts each leg into utterances with its own VAD and calls
-``await handle.transcribe.remote(pcm_bytes, language)`` once per utterance. ``transcribe`` is a
-``@serve.batch`` method: calls arriving within ``batch_wait_timeout_s`` of each other are grouped,
-up to ``max_batch_size`` (both tunable at run time through ``user_config``, see :meth:`reconfigure`).
+``await handle.transcribe.remote(pcm_bytes, language, kind)`` once per decode (``kind``: ``final``,
+or ``partial`` for the audio so far of an open utterance). Requests go through a ``@serve.batch``
+method: calls arriving within ``batch_wait_timeout_s`` of each other are grouped, up to
+``max_batch_size`` (both tunable at run time through ``user_config``, see :meth:`reconfigure`);
+within a batch the finals are decoded before the partials, so a partial never delays a final that
+came with it.
+
+Metrics (:mod:`ai_serve.metrics`): decode time by kind, audio seconds decoded (their ratio is the
+real-time factor), decodes by outcome, and the queue depth (requests accepted, not answered yet);
+:meth:`SttDeployment.stats` returns the same figures for this replica (used by ``bench/stt_latency.py``).
 
 On CPU a batch gains nothing: faster-whisper decodes one utterance at a time, so the batch runs
 sequentially in one worker thread (off the replica's event loop) and batching only bounds how many
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -23,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from ..metrics import SttMetrics
 from ..models import assemble_whisper_base
 from ..stt.backends import FasterWhisperBackend, Segment
 
@@ -79,35 +88,75 @@ class SttDeployment:
         )
         # One thread: the model decodes one utterance at a time (num_workers=1).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
+        self.metrics = SttMetrics()
+        self.queue_depth = 0
+        self.max_queue_depth = 0
+        self._stats: dict[str, dict[str, float]] = {
+            kind: {"decodes": 0, "errors": 0, "decode_seconds": 0.0, "audio_seconds": 0.0}
+            for kind in ("final", "partial")
+        }
+        self.metrics.queue_depth.set(0)
         _LOG.info("STT replica ready: %s on %s, loaded in %.2f s", model_dir, opts.device,
                   self.backend.load_seconds)  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (batching knobs) at start and on every config change."""
         config = BatchConfig.model_validate(user_config or {})
-        self.transcribe.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined,misc]
-        self.transcribe.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
+        self._batched.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined,misc]
+        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
 
-    def _decode_batch(self, pcms: list[bytes], languages: list[str | None]) -> list[list[dict[str, Any]]]:
-        out: list[list[dict[str, Any]]] = []
-        for pcm, language in zip(pcms, languages, strict=True):
+    def _decode_batch(
+        self, pcms: list[bytes], languages: list[str | None], kinds: list[str]
+    ) -> list[list[dict[str, Any]]]:
+        out: list[list[dict[str, Any]]] = [[] for _ in pcms]
+        # Finals first: a partial must not delay a final of the same batch.
+        for index in sorted(range(len(pcms)), key=lambda i: kinds[i] != "final"):
+            pcm, kind = pcms[index], "partial" if kinds[index] == "partial" else "final"
+            t0 = time.perf_counter()
+            ok = True
             try:
-                segments = self.backend.transcribe(np.frombuffer(pcm, dtype="<i2"), language)
-                out.append([_segment_dict(s) for s in segments])
+                segments = self.backend.transcribe(np.frombuffer(pcm, dtype="<i2"), languages[index])
+                out[index] = [_segment_dict(s) for s in segments]
             except Exception:
                 # One bad utterance must not fail the others of its batch.
+                ok = False
                 _LOG.warning("STT failed on %d bytes of audio", len(pcm), exc_info=True)
-                out.append([])
+            spent, audio = time.perf_counter() - t0, len(pcm) / 32000
+            self.metrics.decoded(kind, spent, audio, ok)  # type: ignore[arg-type]
+            stats = self._stats[kind]
+            stats["decodes"] += 1
+            stats["errors"] += 0 if ok else 1
+            stats["decode_seconds"] += spent
+            stats["audio_seconds"] += audio
         return out
 
     # Ray's stubs type batch handlers as one-argument functions; Serve batches each argument.
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)  # type: ignore[arg-type]
-    async def transcribe(  # type: ignore[misc]
-        self, pcms: list[bytes], languages: list[str | None]
+    async def _batched(  # type: ignore[misc]
+        self, pcms: list[bytes], languages: list[str | None], kinds: list[str]
     ) -> list[list[dict[str, Any]]]:
-        """Callers pass one s16le 16 kHz utterance and a language (None: detect); see module doc."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._decode_batch, pcms, languages)
+        return await loop.run_in_executor(self._executor, self._decode_batch, pcms, languages, kinds)
+
+    async def transcribe(self, pcm: bytes, language: str | None, kind: str = "final") -> list[dict[str, Any]]:
+        """One s16le 16 kHz utterance, a language (None: detect) and ``final``/``partial``; see module doc."""
+        self.queue_depth += 1
+        self.max_queue_depth = max(self.max_queue_depth, self.queue_depth)
+        self.metrics.queue_depth.set(self.queue_depth)
+        try:
+            result: list[dict[str, Any]] = await self._batched(pcm, language, kind)  # type: ignore[misc,call-arg]
+            return result
+        finally:
+            self.queue_depth -= 1
+            self.metrics.queue_depth.set(self.queue_depth)
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's decode figures since it started (the metrics' values, for benchmarks)."""
+        return {
+            "queue_depth": self.queue_depth,
+            "max_queue_depth": self.max_queue_depth,
+            **{kind: dict(values) for kind, values in self._stats.items()},
+        }
 
     def check_health(self) -> None:
         """Serve's health probe: a closed backend makes the replica restart."""

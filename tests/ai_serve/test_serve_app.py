@@ -3,18 +3,16 @@ the whole app on a local Ray cluster: an aiohttp WebSocket client plays the edge
 speech in real time as caller-leg frames and expects a final transcript back, then a clean close.
 
 Skipped, with the reason, when ray[serve], the ai extra (faster-whisper + whisper-base) or espeak-ng
-is missing. One local cluster for the module (about 4 s to start, the app a few seconds more).
+is missing. The cluster and app are the session's shared ones (``serve_app`` in tests/serve_cluster.py:
+about 4 s to start, the app a few seconds more, once per run).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from pbx_edge.ai_link.protocol import (
     encode_batch,
     parse_ai_message,
 )
+from tests.serve_cluster import ServeApp
 
 from .speech import (
     ESPEAK,
@@ -68,20 +67,38 @@ BATCH_FRAMES = 5  # 100 ms per WebSocket message, the edge's default
 # ------------------------------------------------------------------------------- config, no cluster
 
 
+def _bound_names(app: Any) -> set[str]:
+    """Deployment names a builder's Application binds (walking the handles it passes down)."""
+    from ray.serve import Application
+
+    bound = app._bound_deployment
+    names = {bound.name}
+    for arg in [*bound.init_args, *bound.init_kwargs.values()]:
+        if isinstance(arg, Application):
+            names |= _bound_names(arg)
+    return names
+
+
 @needs_ray
 def test_ray_config_is_a_valid_serve_deploy_config() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from ai_serve.app import AppArgs
+    from ai_serve.app import AppArgs, build_app
+    from ai_serve.roles_app import RolesArgs, build_roles_app
 
     raw = yaml.safe_load((ROOT / "ray_config.yaml").read_text())
     config = ServeDeploySchema.model_validate(raw)
-    (app,) = config.applications
-    assert app.import_path == "ai_serve.app:build_app"
-    assert app.route_prefix == "/"
-    AppArgs.model_validate(app.args)  # the builder accepts the args as written
-    deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {"SttIngress", "SttDeployment"}  # the names build_app binds
+    apps = {app.name: app for app in config.applications}
+    assert set(apps) == {"smartpbx-ai", "smartpbx-roles"}
+    builders = {"smartpbx-ai": (AppArgs, build_app), "smartpbx-roles": (RolesArgs, build_roles_app)}
+    for name, app in apps.items():
+        args_model, builder = builders[name]
+        assert app.import_path == f"{builder.__module__}:{builder.__name__}"
+        args_model.model_validate(app.args)  # the builder accepts the args as written
+        # every deployment configured is one the builder binds (a typo would be ignored by Serve)
+        assert {d.name for d in app.deployments} <= _bound_names(builder(app.args)), name
+    assert (apps["smartpbx-ai"].route_prefix, apps["smartpbx-roles"].route_prefix) == ("/", "/v1")
+    deployments = {d.name: d for d in apps["smartpbx-ai"].deployments}
     autoscaling = deployments["SttDeployment"].autoscaling_config
     assert isinstance(autoscaling, dict) and autoscaling["min_replicas"] == 1
     assert deployments["SttDeployment"].user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
@@ -90,45 +107,10 @@ def test_ray_config_is_a_valid_serve_deploy_config() -> None:
 # -------------------------------------------------------------------------------------- live app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _tree_rss_mb() -> float:
-    import psutil  # type: ignore[import-untyped,unused-ignore]  # no stubs unless types-psutil
-
-    me = psutil.Process()
-    total = 0
-    for proc in [me, *me.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total / 2**20
-
-
-@pytest.fixture(scope="module")
-def serve_port() -> Iterator[int]:
-    import ray
-    from ray import serve
-
-    from ai_serve.app import build_app
-
-    port = _free_port()
-    t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    t1 = time.perf_counter()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"stt_num_cpus": 1}), name="smartpbx-ai", route_prefix="/")
-        t2 = time.perf_counter()
-        figure(f"serve app: ray.init {t1 - t0:.1f} s, serve.start + app ready {t2 - t1:.1f} s")
-        yield port
-        figure(f"serve app: RSS of pytest + Ray processes {_tree_rss_mb():.0f} MB")
-    finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]  # ray ships no annotation here
-        ray.shutdown()
+@pytest.fixture
+def serve_port(serve_app: ServeApp) -> int:
+    """The shared session app (tests/serve_cluster.py): one Ray cluster for every test that needs it."""
+    return serve_app.port
 
 
 @needs_live
