@@ -26,8 +26,9 @@ The relay never waits on any of this: it only calls ``TapQueue.put_nowait``, whi
 frame when we are slow. Callbacks run on the event loop and must not block.
 
 Stopping (:meth:`CallStream.stop`, or by itself when the tap queue closes or the server says it is
-done): the pump stops, what the queue still holds is sent, then queued controls, then ``end``, then a
-close with code 1000, all within ``close_timeout``.
+done): the pump stops, what the queue still holds is sent, then queued controls, then ``end``, all
+within ``close_timeout``; then the receive loop keeps handing on transcripts (the AI side flushes the
+call's last utterances) until the AI side closes with 1000, for at most ``drain_timeout``.
 
 Frames written just before a connection broke may be lost without a gap control (the socket
 accepted them); the ``last_seq`` of the resuming start message lets the ingress see that.
@@ -627,6 +628,7 @@ class CallStream:
 
     async def _shutdown(self, reason: str) -> None:
         connection, pump, controls = self._tasks or (None, None, None)
+        ended = False
         try:
             async with asyncio.timeout(self._config.close_timeout):
                 for task in (pump, controls):
@@ -641,15 +643,25 @@ class CallStream:
                         await self._send_frames(leftovers[index : index + size])
                 await self._flush_controls()
                 ws = self._live_ws()
-                if ws is not None:
-                    await self._send_parts(ws, [_Part(EndMessage(reason=reason).to_json())])
-                    await ws.close(code=CLOSE_DONE)
+                ended = ws is not None and await self._send_parts(
+                    ws, [_Part(EndMessage(reason=reason).to_json())]
+                )
         except TimeoutError:
+            ended = False
             log.warning("ai_link %s: no clean close within %.1f s", self.call_id, self._config.close_timeout)
+        try:
+            if ended and connection is not None and not connection.done():
+                # The AI side flushes the call's last utterances after ``end``, then closes with 1000:
+                # the receive loop hands those transcripts on until then (closing now would lose them).
+                async with asyncio.timeout(self._config.drain_timeout):
+                    await asyncio.shield(connection)
+        except TimeoutError:
+            log.info("ai_link %s: the AI side did not close within %.1f s of 'end'", self.call_id,
+                     self._config.drain_timeout)  # fmt: skip
         finally:
+            ws = self._ws  # before the cancellations: the connection task clears it as it ends
             for task in (connection, pump, controls):
                 await _cancel(task)
-            ws = self._ws
             self._ws = None
             if ws is not None and not ws.closed:
                 await _close_quietly(ws)

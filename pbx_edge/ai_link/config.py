@@ -40,7 +40,8 @@ class AiLinkConfig(BaseModel):
     reconnect_initial: float = Field(0.5, gt=0)  # seconds before the first reconnection attempt
     reconnect_max: float = Field(10.0, gt=0)  # backoff cap
     connect_timeout: float = Field(5.0, gt=0)
-    close_timeout: float = Field(2.0, gt=0)  # stop(): time to flush, send ``end`` and close
+    close_timeout: float = Field(2.0, gt=0)  # stop(): time to flush and send ``end``
+    drain_timeout: float = Field(10.0, gt=0)  # ... then to receive the last transcripts and the AI's close
     heartbeat: float | None = Field(15.0, gt=0)  # WebSocket ping interval; a missing pong reconnects
     language: Language = "auto"
     languages: dict[str, Language] = Field(default_factory=dict)  # callee prefix -> language

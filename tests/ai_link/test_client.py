@@ -67,11 +67,14 @@ class Connection:
 
 class FakeAi:
     """The AI side: a WebSocket server on 127.0.0.1 recording each connection; ``script`` runs
-    once a connection's start message is in."""
+    once a connection's start message is in; on ``end`` it runs ``on_end`` (the ingress flushing
+    its last transcripts) and closes with 1000 unless ``close_on_end`` is off."""
 
     def __init__(self) -> None:
         self.connections: list[Connection] = []
         self.script: Script | None = None
+        self.on_end: Script | None = None
+        self.close_on_end = True
         self.close_with: int | None = None  # close each connection with this code after the start
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -112,6 +115,11 @@ class FakeAi:
                             await ws.close(code=self.close_with)
                         elif self.script is not None:
                             await self.script(conn)
+                    elif isinstance(message, EndMessage):
+                        if self.on_end is not None:
+                            await self.on_end(conn)
+                        if self.close_on_end:
+                            await ws.close(code=1000)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     frames = decode_batch(msg.data)
                     conn.batches.append(len(frames))
@@ -398,6 +406,34 @@ async def test_stop_flushes_sends_end_and_closes(ai: FakeAi, link: AiLink) -> No
     assert link.stats().streams.frames_sent == 6
     stream.send_control(HoldMessage(leg="caller"))  # after the end: dropped, counted
     assert stream.stats.controls_dropped == 1
+
+
+async def test_transcripts_sent_after_end_arrive_before_the_close(ai: FakeAi, link: AiLink) -> None:
+    async def flush_last_utterance(conn: Connection) -> None:
+        await asyncio.sleep(0.2)  # the last decode
+        last = TranscriptEvent(final=True, leg="callee", text="goodbye", start=4.0, end=4.6, id="u9")
+        await conn.ws.send_str(last.to_json())
+
+    ai.on_end = flush_last_utterance
+    stream, received = start(link, TapQueue(10))
+    await until(lambda: stream.connected)
+    await link.stop_call("call-1", "caller_bye")
+    assert [t.text for t in received.transcripts] == ["goodbye"]
+    assert stream.finished and ai.connections[0].ws.close_code == 1000
+
+
+async def test_an_ai_side_that_never_closes_is_waited_for_drain_timeout(ai: FakeAi) -> None:
+    ai.close_on_end = False
+    link = AiLink(make_config(ai, drain_timeout=0.3))
+    try:
+        stream, _ = start(link, TapQueue(10))
+        await until(lambda: stream.connected)
+        began = time.monotonic()
+        await link.stop_call("call-1")
+        assert 0.25 < time.monotonic() - began < 2.0 and stream.finished
+        await asyncio.wait_for(ai.connections[0].closed.wait(), 2)  # then the edge closed it
+    finally:
+        await link.close()
 
 
 async def test_the_tap_closing_ends_the_stream(ai: FakeAi, link: AiLink) -> None:
