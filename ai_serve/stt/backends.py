@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+NO_REPEAT_NGRAM = 3  # for the languages decoded with Whisper's filters off (see FasterWhisperBackend)
 FITTED_MAX_SECONDS = 25.0  # longer utterances are decoded the standard way (30 s windows)
 
 FloatPcm = npt.NDArray[np.float32]
@@ -236,7 +237,7 @@ class FasterWhisperBackend(BaseSttBackend):
         default_language: str | None = None,
         filters_off_languages: frozenset[str] = DEFAULT_FILTERS_OFF,
         audio_context: str = "full",
-        context_margin_s: float = 1.0,
+        context_margin_s: float = 3.0,
     ) -> None:
         """``cpu_threads=0`` lets CTranslate2 choose; ``num_workers`` > 1 allows parallel calls.
 
@@ -297,6 +298,9 @@ class FasterWhisperBackend(BaseSttBackend):
         }
         if language in self.filters_off_languages:
             opts.update(log_prob_threshold=None, no_speech_threshold=None, compression_ratio_threshold=None)
+            # Without those filters nothing stops a repetition loop ("다음, 다음, ..."), which costs
+            # seconds of decoding and hundreds of inserted characters: forbid repeated trigrams.
+            opts["no_repeat_ngram_size"] = NO_REPEAT_NGRAM
         return opts
 
     def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:

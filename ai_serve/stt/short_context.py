@@ -83,7 +83,7 @@ def looks_broken(text: str, avg_logprob: float, min_logprob: float = -1.0) -> bo
 
 def decode_fitted(
     model: Any, audio: npt.NDArray[np.float32], language: str | None, *, margin_s: float = 1.0,
-    beam_size: int = 1,
+    beam_size: int = 1, no_repeat_ngram_size: int = 0,
 ) -> FittedDecode:  # fmt: skip
     """One greedy (or beam) decode of ``audio`` with a fitted audio context.
 
@@ -113,6 +113,7 @@ def decode_fitted(
         encoder_output,
         [prompt],
         beam_size=beam_size,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         max_length=len(prompt) + max_new,
         return_scores=True,
         return_no_speech_prob=True,
