@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from .deployments.diarization import DiarizationDeployment, DiarizationOptions
 from .deployments.stt import SttDeployment, SttOptions
 from .ingress import IngressOptions, SttIngress
 
@@ -27,13 +28,17 @@ class AppArgs(BaseModel):
 
     stt: SttOptions = Field(default_factory=SttOptions)
     ingress: IngressOptions = Field(default_factory=IngressOptions)
+    diarization: DiarizationOptions = Field(default_factory=DiarizationOptions)
+    diarization_num_cpus: float = Field(0.25, ge=0)  # speaker embeddings: ~0.1 s of CPU per utterance
     stt_num_cpus: float = Field(1.0, ge=0)  # CPU reserved per STT replica
     stt_num_gpus: float = Field(0.0, ge=0)  # fractional on a shared GPU, with stt.device = "cuda"
     stt_replicas: int | None = Field(None, ge=1)  # None: the config file's num_replicas/autoscaling
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """The ingress bound to the STT deployment; ``args`` as in :class:`AppArgs`."""
+    """The ingress bound to the STT and diarization deployments; ``args`` as in :class:`AppArgs`.
+
+    With ``ingress.diarize`` false the diarization deployment is not bound (no speaker labels)."""
     config = AppArgs.model_validate(args or {})
     actor_options: dict[str, Any] = {"num_cpus": config.stt_num_cpus}
     if config.stt_num_gpus:
@@ -44,4 +49,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     if config.stt_replicas is not None:
         options["num_replicas"] = config.stt_replicas
     stt = stt_deployment.options(**options).bind(config.stt.model_dump())
-    return ingress.bind(stt, config.ingress.model_dump())
+    diarization = None
+    if config.ingress.diarize:
+        diarization = (
+            cast(Deployment, DiarizationDeployment)
+            .options(ray_actor_options={"num_cpus": config.diarization_num_cpus})
+            .bind(config.diarization.model_dump())
+        )
+    return ingress.bind(stt, config.ingress.model_dump(), diarization)

@@ -81,10 +81,16 @@ app = FastAPI(title="SmartPBX AI ingress")
 @serve.deployment(name="SttIngress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
 @serve.ingress(app)
 class SttIngress:
-    """WebSocket ingress of the live transcription app; holds the STT deployment's handle."""
+    """WebSocket ingress of the live transcription app; holds the STT and diarization handles."""
 
-    def __init__(self, stt: DeploymentHandle[Any], options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        stt: DeploymentHandle[Any],
+        options: dict[str, Any] | None = None,
+        diarization: DeploymentHandle[Any] | None = None,
+    ) -> None:
         self.stt = stt
+        self.diarization = diarization  # speaker embeddings for labels within a leg (None: no labels)
         self.options = IngressOptions.model_validate(options or {})
         self.options.make_scorer()  # fail at deploy time, not on the first call, if the VAD is missing
         self.active_calls = 0
@@ -108,6 +114,11 @@ class SttIngress:
     async def _transcribe_partial(self, pcm: bytes, language: str | None) -> Segments:
         segments: Segments = await self.stt.transcribe.remote(pcm, language, "partial")
         return segments
+
+    async def _embed(self, pcm: bytes) -> list[float] | None:
+        assert self.diarization is not None
+        embedding: list[float] | None = await self.diarization.embed.remote(pcm)
+        return embedding
 
     @app.websocket("/v1/calls/{call_id}/stream")
     async def stream(self, ws: WebSocket, call_id: str) -> None:
@@ -138,6 +149,7 @@ class SttIngress:
             self._transcribe,
             send,
             transcribe_partial=self._transcribe_partial,
+            embed=self._embed if self.diarization is not None else None,
             state=self.state,
             metrics=self.metrics,
         )

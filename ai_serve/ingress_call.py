@@ -24,6 +24,11 @@ utterance share the id ``{call_id}:{leg}:{number}``.
   delays the final by up to one decode); the leg's own partial is cancelled when its final starts.
   A partial whose utterance has been closed by the time it is decoded is dropped, so no partial
   follows its final; a partial with the same text as the previous one is not sent.
+- **Speakers.** With an injected ``embed`` (the diarization deployment's handle) and
+  ``options.diarize``, each final's utterance is embedded while it is decoded, and the leg's
+  :class:`~ai_serve.diarization.online.OnlineSpeakers` labels it in the leg's output order (S1, S2...,
+  in the final's ``speaker``). An utterance too short to embed keeps the previous label; an embedding
+  that fails leaves the final without a label (transcription never waits on diarization failing).
 - **Gaps.** A final decode that raises is retried once when the STT replica failed (Ray's
   ``RayActorError``/``ActorDiedError``/``ActorUnavailableError``: Serve routes the retry to another
   replica); when it fails for good a ``TranscriptGap(reason="stt_failed")`` takes the final's place
@@ -46,15 +51,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from pbx_edge.ai_link.protocol import (
     FRAME_BYTES,
     AudioFrame,
     GapMessage,
     LegName,
     StartMessage,
+    TranscriptEvent,
     TranscriptGap,
 )
 
+from .diarization.online import OnlineSpeakers
 from .ingress_cutter import IngressOptions, Utterance, UtteranceCutter, segments_to_event
 from .metrics import IngressMetrics
 from .stt.vad import SpeechScorer, StreamingVad
@@ -77,9 +86,11 @@ _EPS = 1e-6
 
 Segments = list[dict[str, Any]]
 Transcribe = Callable[[bytes, str | None], Coroutine[Any, Any, Segments]]
+Embed = Callable[[bytes], Coroutine[Any, Any, list[float] | None]]
 Send = Callable[[str], Awaitable[None]]
 DecodeKind = Literal["final", "partial"]
-_Result = tuple[Literal["final", "gap"], str] | None  # what a leg's slot sends
+# What a leg's slot sends: kind, JSON, and the utterance's speaker embedding (finals, when diarizing).
+_Result = tuple[Literal["final", "gap"], str, list[float] | None] | None
 
 
 def is_replica_failure(exc: BaseException) -> bool:
@@ -133,6 +144,7 @@ class _LegState:
     last_partial_text: str | None = None
     busy_counted_at: float = -1.0  # the due time already counted as skipped (busy)
     voiced_wall: float = 0.0
+    speakers: OnlineSpeakers | None = None
 
 
 class CallStream:
@@ -151,6 +163,7 @@ class CallStream:
         scorer_factory: Callable[[], SpeechScorer] | None = None,
         *,
         transcribe_partial: Transcribe | None = None,
+        embed: Embed | None = None,
         state: IngressState | None = None,
         metrics: IngressMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -160,6 +173,7 @@ class CallStream:
         self.language: str | None = None if start.language == "auto" else start.language
         self._transcribe = transcribe
         self._transcribe_partial = transcribe_partial or transcribe
+        self._embed = embed if options.diarize else None
         self._send = send
         self.state = state or IngressState()
         self.metrics = metrics
@@ -178,6 +192,8 @@ class CallStream:
                 early_silence=early,
             )
             state_ = _LegState(cutter, asyncio.Queue())
+            if self._embed is not None:
+                state_.speakers = OnlineSpeakers(options.speaker_threshold, options.max_speakers_per_leg)
             self.legs[leg] = state_
             self._emitters.append(asyncio.create_task(self._emit(state_), name=f"emit-{start.call_id}-{leg}"))
         self.sent = 0  # finals
@@ -291,6 +307,11 @@ class CallStream:
         """The final's JSON (None when nothing was said) or, when the STT failed, a transcript gap."""
         retried = False
         pending = first
+        embedding = (
+            self._spawn(self._embedding(utt), f"embed-{utt.leg}-{utt.number}")
+            if self._embed is not None
+            else None
+        )
         while True:
             try:
                 segments = await (pending if pending is not None else self._call_stt(utt.pcm, "final"))
@@ -312,13 +333,42 @@ class CallStream:
                              self.start.call_id, utt.leg, utt.number, exc)  # fmt: skip
                 end = max(utt.start, utt.end)
                 gap = TranscriptGap(leg=utt.leg, start=utt.start, end=end, reason="stt_failed")
-                return "gap", gap.to_json()
+                if embedding is not None:
+                    embedding.cancel()
+                return "gap", gap.to_json(), None
         event = segments_to_event(self.start.call_id, utt, segments, self.language)
-        return None if event is None else ("final", event.to_json())
+        if event is None:
+            if embedding is not None:
+                embedding.cancel()
+            return None
+        return "final", event.to_json(), (await embedding if embedding is not None else None)
+
+    async def _embedding(self, utt: Utterance) -> list[float] | None:
+        """The utterance's speaker embedding; None when too short to embed, [] when it failed."""
+        assert self._embed is not None
+        try:
+            async with asyncio.timeout(self.options.stt_timeout_s):
+                return await self._embed(utt.pcm)
+        except Exception as exc:
+            self._count("diarization_errors")
+            _LOG.warning("call %s: no speaker embedding for %s utterance %d: %r", self.start.call_id,
+                         utt.leg, utt.number, exc)  # fmt: skip
+            return []
+
+    @staticmethod
+    def _labelled(leg: _LegState, text: str, embedding: list[float] | None) -> str:
+        """The final's JSON with the leg's online speaker label for ``embedding``."""
+        if leg.speakers is None or embedding == []:  # no diarization, or it failed: no label
+            return text
+        label = leg.speakers.assign(np.asarray(embedding, dtype=np.float32) if embedding else None)
+        if label is None:
+            return text
+        event = TranscriptEvent.model_validate_json(text)
+        return event.model_copy(update={"speaker": label}).to_json()
 
     async def _emit(self, leg: _LegState) -> None:
         while (slot := await leg.queue.get()) is not None:
-            result: _Result = (slot.kind, slot.text) if slot.text is not None else None
+            result: _Result = (slot.kind, slot.text, None) if slot.text is not None else None
             if slot.task is not None:
                 try:
                     result = await slot.task
@@ -327,7 +377,9 @@ class CallStream:
                     continue
             if result is None:
                 continue
-            kind, text = result
+            kind, text, embedding = result
+            if kind == "final":
+                text = self._labelled(leg, text, embedding)
             await self._send(text)
             if kind == "gap":
                 self.gaps_sent += 1

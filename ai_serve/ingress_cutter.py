@@ -44,6 +44,11 @@ class IngressOptions(BaseModel):
     min_partial_audio_s: float = Field(0.6, ge=0)  # no partial of less speech than this
     partial_max_in_flight: int = Field(2, ge=1)  # STT requests of this replica above which partials wait
     stt_timeout_s: float = Field(30.0, gt=0)  # one STT request; a timeout counts as a failure (no retry)
+    # Speaker labels within each leg (conference, speakerphone): each final's utterance is embedded by
+    # the diarization deployment, in parallel with its decode, and labelled online (S1, S2, ...).
+    diarize: bool = True
+    speaker_threshold: float = Field(0.72, ge=-1, le=1)  # cosine to a speaker's centroid to join it
+    max_speakers_per_leg: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _early_before_end(self) -> IngressOptions:

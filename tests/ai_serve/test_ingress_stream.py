@@ -388,3 +388,40 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError):
         IngressOptions(partial_interval_s=0)
     assert IngressOptions(early_silence_ms=None, partial_interval_s=None).early_silence_ms is None
+
+
+# ------------------------------------------------------------------ speakers within a leg (diarize)
+
+
+async def test_finals_carry_online_speaker_labels_in_leg_order() -> None:
+    """Fake speaker embeddings keyed on the tone's pitch: two voices on one leg, A B A, labelled
+    S1 S2 S1 in order even when the embeddings come back out of order; a failing embedding leaves
+    its final unlabelled, and diarize off sends no labels."""
+    voices = {300.0: [1.0, 0.0, 0.1], 700.0: [0.0, 1.0, 0.1]}
+    delays = iter([0.05, 0.0, 0.0, 0.0])  # the first embedding is the slowest
+
+    async def embed(pcm: bytes) -> list[float] | None:
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        spectrum = np.abs(np.fft.rfft(samples))
+        pitch = float(np.argmax(spectrum)) * 16000 / samples.size
+        await asyncio.sleep(next(delays, 0.0))
+        if pitch > 1000:
+            raise RuntimeError("diarization replica failed")
+        return voices[min(voices, key=lambda f: abs(f - pitch))]
+
+    def turns(*freqs: float) -> np.ndarray:
+        return np.concatenate([part for f in freqs for part in (_tone(0.8, f), silence(0.6))])
+
+    out = Collector()
+    stream = _energy_stream(FAST, FakeStt(), out, embed=embed)
+    await _stream_audio(stream, Leg.CALLER, turns(300.0, 700.0, 300.0, 1500.0), pause=0.005)
+    await stream.finish()
+    finals = [m for m in out.sent if m["type"] == "transcript" and m["final"]]
+    assert [m.get("speaker") for m in finals] == ["S1", "S2", "S1", None], finals
+    assert stream.state.totals.get("diarization_errors") == 1
+
+    out = Collector()
+    stream = _energy_stream(FAST.model_copy(update={"diarize": False}), FakeStt(), out, embed=embed)
+    await _stream_audio(stream, Leg.CALLER, turns(300.0, 700.0), pause=0.005)
+    await stream.finish()
+    assert [m.get("speaker") for m in out.sent] == [None, None]
