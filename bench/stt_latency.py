@@ -27,7 +27,7 @@ no partials; ``tuned``: see :data:`CONFIGS`; or a JSON object of ``IngressOption
 
 Usage::
 
-    python bench/stt_latency.py                              # N = 1,2,5,10, tuned, 2 reps
+    python bench/stt_latency.py                              # N = 1,2,5,10, shipped, 2 reps
     python bench/stt_latency.py --calls 1,2 --config baseline,tuned --reps 3
     python bench/stt_latency.py --url ws://127.0.0.1:8000 --calls 10
 """
@@ -49,8 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._machine import print_machine
-from bench._speech import (
+from ai_serve.eval.speech import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     normalize,
@@ -61,6 +60,7 @@ from bench._speech import (
     with_noise,
     word_errors,
 )
+from bench._machine import print_machine
 from pbx_edge.ai_link.protocol import AudioFrame, EndMessage, Leg, StartMessage, encode_batch
 
 APP_NAME = "smartpbx-ai"
@@ -79,6 +79,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "baseline": {"end_silence_ms": 400, "early_silence_ms": None, "partial_interval_s": None},
     "spec": {"end_silence_ms": 250, "early_silence_ms": 140, "partial_interval_s": None, "tail": 0.12},
     "tuned": {"end_silence_ms": 250, "early_silence_ms": 140, "partial_interval_s": 0.8, "tail": 0.12},
+    # what ray_config.yaml ships (speculative finals, no partials on CPU, speaker labels)
+    "shipped": {"end_silence_ms": 300, "early_silence_ms": 150, "partial_interval_s": None, "tail": 0.12},
 }
 
 
@@ -257,7 +259,7 @@ def free_port() -> int:
 class LocalApp:
     """A local Ray cluster with the app; redeployed per ingress config."""
 
-    def __init__(self, stt_cpus: float, num_cpus: int | None) -> None:
+    def __init__(self, stt_cpus: float, num_cpus: int | None, stt_context: str = "fitted") -> None:
         import ray
         from ray import serve
 
@@ -265,6 +267,7 @@ class LocalApp:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.stt_cpus = stt_cpus
+        self.stt_context = stt_context
 
     def deploy(self, ingress: dict[str, Any]) -> float:
         from ray import serve
@@ -272,7 +275,12 @@ class LocalApp:
         from ai_serve.app import build_app
 
         t0 = time.perf_counter()
-        args = {"stt_num_cpus": self.stt_cpus, "stt_replicas": 1, "ingress": ingress}
+        args = {
+            "stt_num_cpus": self.stt_cpus,
+            "stt_replicas": 1,
+            "ingress": ingress,
+            "stt": {"audio_context": self.stt_context},
+        }
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         return time.perf_counter() - t0
 
@@ -342,7 +350,9 @@ def main() -> None:
     parser.add_argument(
         "--bound", type=float, default=2.0, help="final p95 (s) above which N does not keep up"
     )
-    parser.add_argument("--config", default="tuned", help=f"comma-separated: {', '.join(CONFIGS)} or JSON")
+    parser.add_argument("--stt-context", choices=("fitted", "full"), default="fitted",
+                        help="Whisper audio context of the local STT (short_context.py)")  # fmt: skip
+    parser.add_argument("--config", default="shipped", help=f"comma-separated: {', '.join(CONFIGS)} or JSON")
     parser.add_argument("--url", help="ws://host:port of a running app (else a local cluster is started)")
     parser.add_argument("--stt-cpus", type=float, default=1.0)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
@@ -360,7 +370,7 @@ def main() -> None:
         f"calls {calls}, {args.reps} reps, {args.utterances} sentences per call at {SPEED} wpm, "
         f"{args.pause} s pauses, {args.batch_frames} frames per message, both legs in real time"
     )
-    app = None if args.url else LocalApp(args.stt_cpus, args.num_cpus)
+    app = None if args.url else LocalApp(args.stt_cpus, args.num_cpus, args.stt_context)
     url = args.url or f"ws://127.0.0.1:{app.port if app else 0}"
     rows: list[str] = []
     try:
