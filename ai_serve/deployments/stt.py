@@ -16,6 +16,10 @@ On CPU a batch gains nothing: faster-whisper decodes one utterance at a time, so
 sequentially in one worker thread (off the replica's event loop) and batching only bounds how many
 decodes are queued together. On a GPU (``device: cuda``, fractional ``num_gpus`` in the config) the
 same entry point is where a batched backend would decode the whole group in one forward pass.
+
+The backend comes from :class:`SttOptions`: ``backend: faster-whisper`` (the default, CPU or GPU) or
+``backend: nemo`` with ``model_path`` a local ``.nemo`` (FastConformer/Parakeet, normally ``device:
+cuda``; ``nemo_streaming: true`` decodes through NeMo's cache-aware streaming path).
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from ..metrics import SttMetrics
 from ..models import assemble_whisper_base
-from ..stt.backends import FasterWhisperBackend, Segment
+from ..stt import nemo_backend as _nemo_backend  # noqa: F401 - registers "nemo" (NeMo itself loads lazily)
+from ..stt.backends import BaseSttBackend, Segment, create_backend
 
 __all__ = ["SttDeployment", "SttOptions"]
 
@@ -45,7 +50,11 @@ class SttOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str | None = None  # a CTranslate2 Whisper folder; None: whisper-base from its packages
+    # "nemo": a NeMo FastConformer/Parakeet .nemo on a GPU (ai_serve/stt/nemo_backend.py); needs model_path
+    # and nemo_toolkit[asr] installed on the replica. The fields below marked faster-whisper are ignored then.
+    backend: Literal["faster-whisper", "nemo"] = "faster-whisper"
+    # faster-whisper: a CTranslate2 Whisper folder, None: whisper-base from its packages; nemo: a local .nemo
+    model_path: str | None = None
     device: str = "cpu"  # "cuda" with num_gpus > 0 in ray_actor_options
     compute_type: str = "int8"  # "float16" on a GPU
     cpu_threads: int = Field(0, ge=0)  # 0: CTranslate2 chooses
@@ -55,6 +64,42 @@ class SttOptions(BaseModel):
     # several times cheaper per decode on CPU; "full": faster-whisper's standard 30 s windows.
     audio_context: Literal["full", "fitted"] = "fitted"
     context_margin_s: float = Field(3.0, ge=0, le=10)  # bench/stt_context.py: 3 s keeps full-window WER
+    # NeMo only (compute_type, cpu_threads, beam_size, default_language, audio_context, context_margin_s
+    # are faster-whisper's): the model's one language, cache-aware streaming decode, its chunk, batch size.
+    nemo_language: str = "en"
+    nemo_streaming: bool = False
+    nemo_chunk_ms: float | None = Field(None, gt=0)  # None: the model's default look-ahead
+    nemo_batch_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _nemo_needs_a_model(self) -> SttOptions:
+        if self.backend == "nemo" and not self.model_path:
+            raise ValueError("backend 'nemo' needs model_path: a local .nemo file (no model hub here)")
+        return self
+
+    def build_backend(self) -> BaseSttBackend:
+        """The configured backend, loaded (weights on disk; faster-whisper's default assembled once)."""
+        if self.backend == "nemo":
+            return create_backend(
+                "nemo",
+                model_path=self.model_path,
+                device=self.device,
+                language=self.nemo_language,
+                streaming=self.nemo_streaming,
+                chunk_ms=self.nemo_chunk_ms,
+                batch_size=self.nemo_batch_size,
+            )
+        return create_backend(
+            "faster-whisper",
+            model_dir=self.model_path or assemble_whisper_base(),
+            device=self.device,
+            compute_type=self.compute_type,
+            cpu_threads=self.cpu_threads,
+            beam_size=self.beam_size,
+            default_language=self.default_language,
+            audio_context=self.audio_context,
+            context_margin_s=self.context_margin_s,
+        )
 
 
 class BatchConfig(BaseModel):
@@ -77,21 +122,11 @@ def _segment_dict(segment: Segment) -> dict[str, Any]:
     user_config=BatchConfig().model_dump(),
 )
 class SttDeployment:
-    """faster-whisper behind ``transcribe(pcm_bytes, language) -> list[segment dict]``."""
+    """The configured STT backend behind ``transcribe(pcm_bytes, language) -> list[segment dict]``."""
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         opts = SttOptions.model_validate(options or {})
-        model_dir = opts.model_path or assemble_whisper_base()
-        self.backend = FasterWhisperBackend(
-            model_dir,
-            device=opts.device,
-            compute_type=opts.compute_type,
-            cpu_threads=opts.cpu_threads,
-            beam_size=opts.beam_size,
-            default_language=opts.default_language,
-            audio_context=opts.audio_context,
-            context_margin_s=opts.context_margin_s,
-        )
+        self.backend = opts.build_backend()
         # One thread: the model decodes one utterance at a time (num_workers=1).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
         self.metrics = SttMetrics()
@@ -102,8 +137,9 @@ class SttDeployment:
             for kind in ("final", "partial")
         }
         self.metrics.queue_depth.set(0)
-        _LOG.info("STT replica ready: %s on %s, loaded in %.2f s", model_dir, opts.device,
-                  self.backend.load_seconds)  # fmt: skip
+        _LOG.info("STT replica ready: %s %s on %s, loaded in %.2f s", opts.backend,
+                  opts.model_path or "whisper-base", opts.device,
+                  getattr(self.backend, "load_seconds", 0.0))  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (batching knobs) at start and on every config change."""

