@@ -1,8 +1,13 @@
-"""The model roles as their own Serve application: ``smartpbx-roles`` at ``/v1`` (see ray_config.yaml).
+"""The model roles as their own Serve application: ``smartpbx-roles`` at ``/roles`` (ray_config.yaml).
+
+Not at ``/v1``: Serve routes a request to the application with the longest matching route prefix,
+and ``/v1`` would take the live streams (``/v1/calls/{id}/stream``) away from the ingress at ``/``.
 
 Other Ray code (the pipelines, the attendant, a notebook) calls the roles through deployment
 handles, e.g. ``serve.get_deployment_handle("LlmDeployment", app_name="smartpbx-roles")``; anything
 else uses the small OpenAI-style HTTP gateway here:
+
+Paths under the application's prefix (an OpenAI client's ``base_url`` is ``http://<serve>/roles/v1``):
 
 ==============================  ===============================================================
 ``POST /v1/embeddings``         ``{"input": str | [str], "kind": "query"|"passage"}`` → OpenAI shape
@@ -113,11 +118,11 @@ class RolesGateway:
     ) -> None:
         self.embeddings, self.llm, self.tts, self.vad = embeddings, llm, tts, vad
 
-    @app.get("/healthz")
+    @app.get("/v1/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "roles": ["embeddings", "llm", "tts", "vad"]}
 
-    @app.post("/embeddings")
+    @app.post("/v1/embeddings")
     async def embeddings_route(self, body: EmbeddingsRequest) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not all(texts):
@@ -133,7 +138,7 @@ class RolesGateway:
             ],
         }
 
-    @app.post("/chat/completions")
+    @app.post("/v1/chat/completions")
     async def chat_route(self, body: ChatCompletionRequest) -> dict[str, Any]:
         started = time.time()
         result = await self.llm.chat.remote(
@@ -156,12 +161,12 @@ class RolesGateway:
             "usage": result.get("usage") or {},
         }
 
-    @app.post("/audio/speech")
+    @app.post("/v1/audio/speech")
     async def speech_route(self, body: SpeechRequest) -> Response:
         pcm, rate = await self.tts.synthesize.remote(body.input, body.language)
         return Response(_wav(pcm, rate), media_type="audio/wav")
 
-    @app.post("/audio/segments")
+    @app.post("/v1/audio/segments")
     async def segments_route(self, request: Request) -> list[dict[str, float]]:
         pcm = await request.body()
         if not pcm or len(pcm) % 2 or len(pcm) > MAX_PCM_BYTES:

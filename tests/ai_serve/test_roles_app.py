@@ -46,9 +46,9 @@ def roles_url(serve_app: ServeApp) -> Iterator[str]:
 
     from ai_serve.roles_app import build_roles_app
 
-    serve.run(build_roles_app({"num_cpus": 0.05}), name=ROLES_APP, route_prefix="/v1")
+    serve.run(build_roles_app({"num_cpus": 0.05}), name=ROLES_APP, route_prefix="/roles")
     try:
-        yield f"{serve_app.http_url}/v1"
+        yield f"{serve_app.http_url}/roles/v1"
     finally:
         serve.delete(ROLES_APP)
 
@@ -63,6 +63,23 @@ async def _post(url: str, body: Any, raw: bool = False) -> tuple[int, Any]:
             if resp.content_type == "application/json":
                 return resp.status, json.loads(payload)
             return resp.status, payload
+
+
+async def test_the_live_app_keeps_its_routes_while_the_roles_app_runs(
+    roles_url: str, serve_app: ServeApp
+) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{serve_app.http_url}/healthz") as resp:
+            assert resp.status == 200 and "active_calls" in await resp.json()  # the ingress's
+        async with http.get(f"{roles_url}/healthz") as resp:
+            assert (await resp.json())["roles"] == ["embeddings", "llm", "tts", "vad"]
+        ws_url = f"{serve_app.ws_url}/v1/calls/route-check/stream"
+        async with http.ws_connect(ws_url) as ws:  # reaches the ingress: a bad start is refused
+            await ws.send_str('{"type": "end"}')
+            await ws.receive(timeout=30)
+            assert ws.close_code == 4400
 
 
 async def test_embeddings_rank_a_korean_paraphrase_above_an_unrelated_sentence(roles_url: str) -> None:

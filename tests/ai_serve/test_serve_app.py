@@ -97,7 +97,10 @@ def test_ray_config_is_a_valid_serve_deploy_config() -> None:
         args_model.model_validate(app.args)  # the builder accepts the args as written
         # every deployment configured is one the builder binds (a typo would be ignored by Serve)
         assert {d.name for d in app.deployments} <= _bound_names(builder(app.args)), name
-    assert (apps["smartpbx-ai"].route_prefix, apps["smartpbx-roles"].route_prefix) == ("/", "/v1")
+    assert (apps["smartpbx-ai"].route_prefix, apps["smartpbx-roles"].route_prefix) == ("/", "/roles")
+    for app in config.applications:  # Serve routes by longest prefix: none may take the live streams
+        if app.name != "smartpbx-ai":
+            assert not "/v1/calls/c1/stream".startswith(str(app.route_prefix)), app.name
     deployments = {d.name: d for d in apps["smartpbx-ai"].deployments}
     autoscaling = deployments["SttDeployment"].autoscaling_config
     assert isinstance(autoscaling, dict) and autoscaling["min_replicas"] == 1
