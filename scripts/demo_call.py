@@ -4,7 +4,7 @@
 With ``scripts/run.sh`` running (edge on 127.0.0.1:5060, AI layer, admin API on :8080)::
 
     .venv/bin/python scripts/demo_call.py                     # English
-    .venv/bin/python scripts/demo_call.py --language ko       # Korean (route it: ai.languages)
+    .venv/bin/python scripts/demo_call.py --language ko       # Korean: calls 8200 (ai.languages "82")
 
 What it does: espeak-ng says ``--text``; the speech is encoded as PCMU RTP into a pcap; a SIPp UAS
 answers on 127.0.0.1:5070 (the sample config's default route); a SIPp UAC calls the edge and plays
@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--edge", default="127.0.0.1:5060", help="the edge's SIP address")
-    parser.add_argument("--callee", default="2000", help="number dialled (routes and languages by prefix)")
+    parser.add_argument(
+        "--callee",
+        help="number dialled (languages by prefix: default 2000, or 8200 for ko, see ai.languages)",
+    )
     parser.add_argument("--uas-port", type=int, default=5070, help="SIPp UAS port (0: do not start one)")
     parser.add_argument("--language", choices=sorted(TEXT), default="en")
     parser.add_argument("--text", help="what the caller says (default: a sentence in --language)")
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     text = args.text or TEXT[args.language]
+    args.callee = args.callee or ("8200" if args.language == "ko" else "2000")
     pcm = speech_pcm(text, VOICE[args.language], args.speed)
     seconds = len(pcm) / 8000
     with tempfile.TemporaryDirectory(prefix="smartpbx-demo-") as tmp:
