@@ -1,0 +1,244 @@
+"""Hybrid retrieval over the knowledge base: dense + keyword, fused, optionally re-ranked.
+
+:meth:`Retriever.search` embeds the query (``kind="query"``), then over the recent monthly
+collections (:meth:`KnowledgeBase.recent_collections`), with the filter (language, business unit,
+review status):
+
+1. dense: the ``candidates`` best by cosine, over all the collections together (cosines compare
+   across collections);
+2. sparse: the ``candidates`` best by keyword score (IDF-weighted, per collection's statistics);
+3. fusion, weighted reciprocal rank: ``alpha / (rrf_k + rank_dense) + (1 - alpha) / (rrf_k +
+   rank_sparse)`` (ranks from 1, a missing rank adds 0). ``hybrid_alpha=1`` is dense only, ``0``
+   keyword only. Ranks rather than raw scores, because e5 cosines are compressed (0.73-0.93) and
+   keyword scores are unbounded. Qdrant's ``prefetch`` + ``FusionQuery(RRF)`` does the same inside
+   one collection (and works in local mode), but a global rank over several collections needs the
+   fusion here;
+4. ``rerank=True``: a cheap cross-score in place of a cross-encoder over the best ``4 k`` fused:
+   ``cosine(query, point) + overlap_weight * overlap``, overlap being the share of the query's
+   keyword tokens found in the point's question and answer.
+
+Engines: ``"numpy"`` answers from :class:`~ai_serve.retrieval.local_index.LocalIndex` mirrors (local
+mode: qdrant-client's local search is a Python scan, see there), ``"qdrant"`` queries Qdrant (a
+server: HNSW and payload indexes); ``"auto"`` picks numpy in local mode. Both score the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import models as qm
+
+from pipelines.knowledge_base import KnowledgeBase
+from pipelines.sparse import tokenize
+
+from ..embeddings.backends import TextEmbedder
+from .local_index import LocalIndex, ScoredRow
+
+__all__ = ["Engine", "Hit", "Retriever"]
+
+Engine = Literal["auto", "numpy", "qdrant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One result: the fused (or re-ranked) score, the item, and the two component scores."""
+
+    score: float
+    question: str
+    answer: str
+    language: str
+    id: str
+    payload: dict[str, Any] = field(repr=False)
+    dense_score: float | None = None
+    sparse_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    row: ScoredRow
+    dense: float | None = None
+    sparse: float | None = None
+    rank_dense: int | None = None
+    rank_sparse: int | None = None
+    fused: float = 0.0
+
+
+class Retriever:
+    """Query text in, top-k knowledge items out (see the module docstring)."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        embedder: TextEmbedder,
+        *,
+        engine: Engine = "auto",
+        candidates: int = 50,
+        rrf_k: int = 60,
+        overlap_weight: float = 0.2,
+    ) -> None:
+        if embedder.dim != kb.config.dim:
+            raise ValueError(f"embedder dim {embedder.dim} != knowledge base dim {kb.config.dim}")
+        if candidates < 1 or rrf_k < 0:
+            raise ValueError("candidates must be >= 1 and rrf_k >= 0")
+        self.kb = kb
+        self.embedder = embedder
+        self.engine: Literal["numpy", "qdrant"] = (
+            ("numpy" if kb.local else "qdrant") if engine == "auto" else engine
+        )
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.overlap_weight = overlap_weight
+        self._indexes: dict[str, LocalIndex] = {}
+        self._indexed_version = -1
+        self._lock = threading.Lock()
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        language: str | None = None,
+        business_unit: str | None = None,
+        review_status: str | Sequence[str] | None = None,
+        hybrid_alpha: float = 0.5,
+        rerank: bool = False,
+        now: float | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best items for ``query`` (``now``: search the months up to it, else the newest)."""
+        if not query.strip():
+            raise ValueError("empty query")
+        vector = self.embedder.embed([query], "query")[0]
+        return self.search_vector(
+            query, vector, k=k, language=language, business_unit=business_unit,
+            review_status=review_status, hybrid_alpha=hybrid_alpha, rerank=rerank, now=now,
+        )  # fmt: skip
+
+    def search_vector(
+        self,
+        query: str,
+        vector: npt.ArrayLike,
+        *,
+        k: int = 5,
+        language: str | None = None,
+        business_unit: str | None = None,
+        review_status: str | Sequence[str] | None = None,
+        hybrid_alpha: float = 0.5,
+        rerank: bool = False,
+        now: float | None = None,
+    ) -> list[Hit]:
+        """:meth:`search` with the query already embedded (``vector``: its unit query vector)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not 0.0 <= hybrid_alpha <= 1.0:
+            raise ValueError(f"hybrid_alpha must be in [0, 1], got {hybrid_alpha}")
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if q.shape != (self.kb.config.dim,):
+            raise ValueError(f"query vector must have {self.kb.config.dim} values, got {q.shape}")
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        statuses = [review_status] if isinstance(review_status, str) else review_status
+        if statuses is not None and not statuses:
+            return []  # an empty list of admitted statuses admits nothing
+        collections = self.kb.recent_collections(now)
+        limit = max(self.candidates, 4 * k if rerank else k)
+        sparse = self.kb.vectorizer.query(query) if hybrid_alpha < 1.0 else None
+        dense_rows: list[ScoredRow] = []
+        sparse_rows: list[ScoredRow] = []
+        if self.engine == "numpy":
+            indexes = self._local_indexes(collections)
+            for index in indexes:
+                keep = index.mask(language, business_unit, statuses)
+                if hybrid_alpha > 0.0:
+                    dense_rows += index.dense_search(q, keep, limit)
+                if sparse:
+                    sparse_rows += index.sparse_search(sparse.indices, sparse.values, keep, limit)
+        else:
+            flt = self.kb.search_filter(
+                language=language, business_unit=business_unit, review_status=statuses
+            )
+            for name in collections:
+                if hybrid_alpha > 0.0:
+                    dense_rows += self._qdrant(name, q.tolist(), self.kb.config.dense_vector, flt, limit)
+                if sparse:
+                    sv = qm.SparseVector(indices=sparse.indices, values=sparse.values)
+                    sparse_rows += self._qdrant(name, sv, self.kb.config.sparse_vector, flt, limit)
+        fused = self._fuse(dense_rows, sparse_rows, hybrid_alpha, limit)
+        if rerank:
+            fused = self._rerank(query, q, fused[: 4 * k])
+        return [
+            Hit(
+                score=c.fused,
+                question=c.row.payload.get("question", ""),
+                answer=c.row.payload.get("answer", ""),
+                language=c.row.payload.get("language", ""),
+                id=c.row.id,
+                payload=c.row.payload,
+                dense_score=c.dense,
+                sparse_score=c.sparse,
+            )
+            for c in fused[:k]
+        ]
+
+    # ---------------------------------------------------------------------------------- internals
+
+    def _local_indexes(self, collections: Sequence[str]) -> list[LocalIndex]:
+        with self._lock:
+            if self._indexed_version != self.kb.version:
+                self._indexes.clear()
+                self._indexed_version = self.kb.version
+            for name in collections:
+                if name not in self._indexes:
+                    self._indexes[name] = LocalIndex(self.kb, name)
+            return [self._indexes[name] for name in collections]
+
+    def _qdrant(
+        self, collection: str, query: Any, using: str, flt: qm.Filter | None, limit: int
+    ) -> list[ScoredRow]:
+        points = self.kb.client.query_points(
+            collection, query=query, using=using, query_filter=flt, limit=limit,
+            with_payload=True, with_vectors=[self.kb.config.dense_vector],
+        ).points  # fmt: skip
+        rows = []
+        for p in points:
+            vec = p.vector.get(self.kb.config.dense_vector) if isinstance(p.vector, dict) else None
+            rows.append(
+                ScoredRow(str(p.id), float(p.score), dict(p.payload or {}), np.asarray(vec, np.float32))
+            )
+        return rows
+
+    def _fuse(
+        self, dense: list[ScoredRow], sparse: list[ScoredRow], alpha: float, limit: int
+    ) -> list[_Candidate]:
+        found: dict[str, _Candidate] = {}
+        for rows, is_dense in ((dense, True), (sparse, False)):
+            rows = sorted(rows, key=lambda r: (-r.score, r.id))[:limit]
+            weight = alpha if is_dense else 1.0 - alpha
+            for rank, row in enumerate(rows, start=1):
+                c = found.setdefault(row.id, _Candidate(row))
+                if is_dense:
+                    c.dense, c.rank_dense = row.score, rank
+                else:
+                    c.sparse, c.rank_sparse = row.score, rank
+                c.fused += weight / (self.rrf_k + rank)
+        return sorted(found.values(), key=lambda c: (-c.fused, c.row.id))
+
+    def _rerank(
+        self, query: str, q: npt.NDArray[np.float32], candidates: list[_Candidate]
+    ) -> list[_Candidate]:
+        tokens = set(tokenize(query))
+        for c in candidates:
+            vec = c.row.vector
+            cosine = float(vec @ q) / max(float(np.linalg.norm(vec)), 1e-12) if vec.size == q.size else 0.0
+            if c.dense is None and vec.size == q.size:
+                c.dense = cosine
+            doc = set(tokenize(f"{c.row.payload.get('question', '')} {c.row.payload.get('answer', '')}"))
+            overlap = len(tokens & doc) / len(tokens) if tokens else 0.0
+            c.fused = cosine + self.overlap_weight * overlap
+        return sorted(candidates, key=lambda c: (-c.fused, c.row.id))
