@@ -76,6 +76,16 @@ def _transcribe(argv: list[str]) -> int:
     return transcribe_main(argv)
 
 
+def _pipeline(argv: list[str]) -> int:
+    """``smartpbx pipeline ...``: the knowledge job (needs the ``ai`` extra)."""
+    try:
+        from pipelines.cli import main as pipeline_main
+    except ImportError as exc:
+        print(f"smartpbx pipeline needs the AI extra ({exc}): pip install -e '.[ai]'", file=sys.stderr)
+        return 2
+    return pipeline_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartpbx", description="SmartPBX AI edge and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("args", nargs=argparse.REMAINDER)
     transcribe.set_defaults(func=lambda args: _transcribe(args.args))
+    pipeline = sub.add_parser("pipeline", add_help=False, help="the knowledge pipeline (sample, extract)")
+    pipeline.add_argument("args", nargs=argparse.REMAINDER)
+    pipeline.set_defaults(func=lambda args: _pipeline(args.args))
     return parser
 
 
@@ -106,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["transcribe"]:  # argparse would take its options (--json ...) as unknown ones
         return _transcribe(argv[1:])
+    if argv[:1] == ["pipeline"]:
+        return _pipeline(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
