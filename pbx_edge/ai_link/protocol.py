@@ -67,6 +67,7 @@ __all__ = [
     "RECORD_SIZE",
     "SAMPLE_RATE",
     "ActionMessage",
+    "AgentEvent",
     "AiMessage",
     "AudioFrame",
     "BridgeAction",
@@ -293,6 +294,8 @@ class StartMessage(_Message):
     sample_rate: Literal[16000] = 16000
     resume: bool = False
     last_seq: dict[LegName, int] = Field(default_factory=dict)  # last seq sent per leg, on resume
+    # Why an AI answers the call (attendant mode): no_answer | unregistered | busy | away | after_hours
+    trigger: str | None = None
 
 
 class HoldMessage(_Message):
@@ -384,6 +387,16 @@ class TranscriptGap(_Message):
         return self
 
 
+class AgentEvent(_Message):
+    """Something an AI agent wants recorded and published with the call: the edge publishes it as
+    the call event ``name`` (so webhooks get it) with ``data`` as its payload. Names are dotted
+    lower-case, e.g. ``attendant.summary``, ``ivr.intent``, ``agent.handoff``."""
+
+    type: Literal["agent_event"] = "agent_event"
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class PlayAction(_Message):
     """Play to ``leg``: the edge's stored ``prompt`` by name, or (no prompt) the binary PCM that
     follows for that leg; ``text`` is what it says, for captions and the transcript."""
@@ -430,7 +443,7 @@ ActionMessage: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 EdgeMessage: TypeAlias = StartMessage | ControlMessage
-AiMessage: TypeAlias = TranscriptEvent | TranscriptGap | ActionMessage
+AiMessage: TypeAlias = TranscriptEvent | TranscriptGap | AgentEvent | ActionMessage
 
 _EDGE_TYPES: dict[str, type[_Message]] = {
     m.model_fields["type"].default: m
@@ -441,6 +454,7 @@ _AI_TYPES: dict[str, type[_Message]] = {
     for m in (
         TranscriptEvent,
         TranscriptGap,
+        AgentEvent,
         PlayAction,
         StopPlaybackAction,
         TransferAction,
@@ -476,9 +490,9 @@ def _parse(text: str | bytes, types: Mapping[str, type[_Message]], direction: st
         raise ProtocolError(f"bad {kind!r} message: " + "; ".join(problems)) from None
 
 
-def parse_ai_message(text: str | bytes) -> TranscriptEvent | TranscriptGap | ActionMessage:
+def parse_ai_message(text: str | bytes) -> AiMessage:
     """Parse a JSON message from the AI side; raises :class:`ProtocolError` naming the problem."""
-    message: TranscriptEvent | TranscriptGap | ActionMessage = _parse(text, _AI_TYPES, "AI")
+    message: AiMessage = _parse(text, _AI_TYPES, "AI")
     return message
 
 
