@@ -15,6 +15,8 @@ Paths under the application's prefix (an OpenAI client's ``base_url`` is ``http:
                                 "response_format": {"type": "json_schema", "json_schema": {...}}}``
 ``POST /v1/audio/speech``       ``{"input": str, "language": "en"|"ko"|...}`` → ``audio/wav`` 16 kHz
 ``POST /v1/audio/segments``     body: s16le 16 kHz mono PCM → ``[{"start", "end"}]`` (the VAD)
+``POST /v1/knowledge/search``   ``{"query", "k", "language", "business_unit"}`` → the best
+                                knowledge items with scores (the RetrieverDeployment)
 ``GET /v1/healthz``             which roles are up
 ==============================  ===============================================================
 
@@ -26,6 +28,7 @@ gateway; in production the OpenAI-compatible LLM endpoint is vLLM's own (ai_serv
 # must resolve the route annotations in the replica (see ai_serve/ingress.py).
 
 import io
+import os
 import time
 import wave
 from typing import Any, Literal, cast
@@ -39,6 +42,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .deployments.embeddings import EmbeddingDeployment, EmbeddingOptions
 from .deployments.llm import LlmDeployment, LlmOptions
+from .deployments.retriever import MAX_QUERY_CHARS, RetrieverDeployment, RetrieverOptions
 from .deployments.tts import TtsDeployment, TtsOptions
 from .deployments.vad import VadDeployment, VadOptions
 
@@ -56,6 +60,8 @@ class RolesArgs(BaseModel):
     llm: LlmOptions = Field(default_factory=LlmOptions)
     tts: TtsOptions = Field(default_factory=TtsOptions)
     vad: VadOptions = Field(default_factory=VadOptions)
+    # knowledge_base.path relative to where the app is built (the repo root for the run command)
+    retriever: RetrieverOptions = Field(default_factory=RetrieverOptions)
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per role replica (the config may override)")
 
 
@@ -73,6 +79,13 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     seed: int | None = None
     model: str | None = None
+
+
+class KnowledgeSearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(5, ge=1, le=50)
+    language: str | None = None
+    business_unit: str | None = None
 
 
 class SpeechRequest(BaseModel):
@@ -115,12 +128,23 @@ class RolesGateway:
         llm: DeploymentHandle[Any],
         tts: DeploymentHandle[Any],
         vad: DeploymentHandle[Any],
+        retriever: DeploymentHandle[Any],
     ) -> None:
         self.embeddings, self.llm, self.tts, self.vad = embeddings, llm, tts, vad
+        self.retriever = retriever
 
     @app.get("/v1/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "roles": ["embeddings", "llm", "tts", "vad"]}
+        return {"status": "ok", "roles": ["embeddings", "llm", "tts", "vad", "retriever"]}
+
+    @app.post("/v1/knowledge/search")
+    async def knowledge_route(self, body: KnowledgeSearchRequest) -> dict[str, Any]:
+        if not body.query.strip():
+            raise HTTPException(400, "query must not be blank")
+        hits = await self.retriever.search.remote(
+            body.query, k=body.k, language=body.language, business_unit=body.business_unit
+        )
+        return {"object": "list", "data": hits}
 
     @app.post("/v1/embeddings")
     async def embeddings_route(self, body: EmbeddingsRequest) -> dict[str, Any]:
@@ -176,8 +200,17 @@ class RolesGateway:
 
 
 def build_roles_app(args: dict[str, Any] | None = None) -> Application:
-    """The gateway bound to the four role deployments; ``args`` as in :class:`RolesArgs`."""
+    """The gateway bound to the role deployments; ``args`` as in :class:`RolesArgs`.
+
+    A relative ``retriever.knowledge_base.path`` is made absolute here, where the app is built (the
+    replicas' working directory is Ray's, not the repo)."""
     config = RolesArgs.model_validate(args or {})
+    kb = config.retriever.knowledge_base
+    if kb.path is not None and not os.path.isabs(kb.path):
+        absolute = kb.model_copy(update={"path": os.path.abspath(kb.path)})
+        config = config.model_copy(
+            update={"retriever": config.retriever.model_copy(update={"knowledge_base": absolute})}
+        )
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": config.num_cpus}}
     roles = [
         cast(Deployment, deployment).options(**options).bind(role.model_dump())
@@ -186,6 +219,7 @@ def build_roles_app(args: dict[str, Any] | None = None) -> Application:
             (LlmDeployment, config.llm),
             (TtsDeployment, config.tts),
             (VadDeployment, config.vad),
+            (RetrieverDeployment, config.retriever),
         )
     ]
     return cast(Deployment, RolesGateway).bind(*roles)

@@ -5,8 +5,9 @@ dicts (:meth:`ai_serve.retrieval.Hit.to_dict`: score, question, answer, language
 dense/keyword component scores). The replica embeds the query with its own embedder (the text
 embedding backend, in process: one short query does not gain from the embedding deployment's
 batching) and searches the knowledge base (:mod:`pipelines.knowledge_base`; a Qdrant server by
-``knowledge_base.url`` in production: local mode's folder can be opened by one process only). The
-work runs in one worker thread, off the replica's event loop.
+``knowledge_base.url`` in production). Local mode's folder can be opened by one process only, so a
+replica reads a private copy that follows the original (:class:`pipelines.kb_snapshot.LocalSnapshot`)
+and the nightly job can still write it. The work runs in one worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from pipelines.kb_snapshot import LocalSnapshot
 from pipelines.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
 
 from ..embeddings.backends import TextEmbedder
@@ -44,6 +46,7 @@ class RetrieverOptions(BaseModel):
     rerank: bool = False
     review_status: list[str] | None = None  # e.g. ["approved"] to serve reviewed knowledge only
     candidates: int = Field(50, ge=1)
+    refresh_s: float = Field(5.0, gt=0)  # local mode: how often to look for a newer knowledge base
 
 
 @serve.deployment(name="RetrieverDeployment", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
@@ -55,11 +58,13 @@ class RetrieverDeployment:
     ) -> None:
         """``embedder`` overrides the configured backend (tests, or an embedder shared in process)."""
         self.options = RetrieverOptions.model_validate(options or {})
-        self.kb = KnowledgeBase(self.options.knowledge_base)
-        self.embedder: TextEmbedder = embedder if embedder is not None else self.options.embeddings.create()
-        self.retriever = Retriever(
-            self.kb, self.embedder, engine=self.options.engine, candidates=self.options.candidates
+        kb_config = self.options.knowledge_base
+        self.snapshot = (
+            LocalSnapshot(kb_config, check_interval=self.options.refresh_s) if kb_config.path else None
         )
+        self.kb = self.snapshot.current() if self.snapshot is not None else KnowledgeBase(kb_config)
+        self.embedder: TextEmbedder = embedder if embedder is not None else self.options.embeddings.create()
+        self.retriever = self._new_retriever()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
         _LOG.info("retriever replica ready: %s, %s engine", self.embedder.model_name, self.retriever.engine)
 
@@ -88,8 +93,22 @@ class RetrieverDeployment:
             "rerank": rerank if rerank is not None else self.options.rerank,
         }
         loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(self._executor, lambda: self.retriever.search(query, **kwargs))
+        hits = await loop.run_in_executor(self._executor, lambda: self._current().search(query, **kwargs))
         return [hit.to_dict() for hit in hits]
+
+    def _new_retriever(self) -> Retriever:
+        return Retriever(
+            self.kb, self.embedder, engine=self.options.engine, candidates=self.options.candidates
+        )
+
+    def _current(self) -> Retriever:
+        """The retriever over the newest snapshot (local mode), rebuilt when the snapshot moved."""
+        if self.snapshot is not None:
+            kb = self.snapshot.current()
+            if kb is not self.kb:
+                self.kb = kb
+                self.retriever = self._new_retriever()
+        return self.retriever
 
     def check_health(self) -> None:
         """Serve's health probe: the embedder is loaded and Qdrant answers."""
@@ -101,3 +120,6 @@ class RetrieverDeployment:
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False)
+        snapshot = getattr(self, "snapshot", None)
+        if snapshot is not None:
+            snapshot.close()

@@ -1,8 +1,10 @@
 """What happens to the caller when the callee does not answer in time: the no-answer hook.
 
-The B2BUA cancels the callee leg and asks the policy for an outcome. Today the outcome rejects the
-caller (480 by default); the AI attendant issue adds an outcome that answers the caller and bridges
-the call to an AI leg, without changing the B2BUA.
+The B2BUA asks the policy for an outcome. :class:`RejectCaller` rejects the caller (480 by default)
+and cancels the callee leg; :class:`AnswerWithAi` has the edge answer the caller itself and hand the
+call to the AI attendant (pbx_edge/b2bua/attendant.py), falling back to ``fallback`` when no AI can
+take the call. The same outcome type serves the other triggers (unregistered, busy, away,
+after_hours; see pbx_edge/b2bua/triggers.py), each with its own fallback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pbx_edge.b2bua.call import Call
+from pbx_edge.b2bua.triggers import Trigger, TriggerPolicy
 from pbx_edge.ops.config import NoAnswerAction
 
 
@@ -20,7 +23,16 @@ class RejectCaller:
     reason: str
 
 
-NoAnswerOutcome = RejectCaller
+@dataclass(frozen=True, slots=True)
+class AnswerWithAi:
+    """Answer the caller with the AI attendant, told why (``trigger``); ``fallback`` when the AI
+    layer is not configured or not reachable."""
+
+    trigger: Trigger
+    fallback: RejectCaller
+
+
+NoAnswerOutcome = RejectCaller | AnswerWithAi
 
 
 class NoAnswerPolicy(Protocol):
@@ -36,3 +48,19 @@ class RejectOnNoAnswer:
     def on_no_answer(self, call: Call, action: NoAnswerAction | None) -> NoAnswerOutcome:
         chosen = action or self.default
         return RejectCaller(chosen.code, chosen.reason)
+
+
+class AiOnNoAnswer:
+    """The default policy: the AI attendant where the ``no_answer`` trigger is ``ai`` for the
+    callee, else (and as the fallback) the reject :class:`RejectOnNoAnswer` would give."""
+
+    def __init__(self, default: NoAnswerAction, triggers: TriggerPolicy) -> None:
+        self.reject = RejectOnNoAnswer(default)
+        self.triggers = triggers
+
+    def on_no_answer(self, call: Call, action: NoAnswerAction | None) -> NoAnswerOutcome:
+        reject = self.reject.on_no_answer(call, action)
+        assert isinstance(reject, RejectCaller)
+        if self.triggers.wants_ai(call.callee, "no_answer"):
+            return AnswerWithAi("no_answer", reject)
+        return reject

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,16 +75,83 @@ class SipConfig(_Strict):
 
 
 class NoAnswerAction(_Strict):
-    """What the caller gets when the callee does not answer in time. Later: ``attendant``."""
+    """What the caller gets when the callee does not answer in time and no AI attendant answers
+    (``ai_answer.no_answer`` off, or the AI layer unavailable)."""
 
     action: Literal["reject"] = "reject"
     code: int = Field(480, ge=400, le=699)
     reason: str = "Temporarily Unavailable"
 
 
+TriggerAction = Literal["ai", "off"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_TIME_RANGE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
+
+
+class AiAnswerTriggers(_Strict):
+    """When the AI attendant answers the caller (see pbx_edge/b2bua/attendant.py): ``ai``, or
+    ``off`` for today's behaviour (no_answer: reject with ``no_answer_action``; unregistered: 480;
+    busy: the callee's 486/600 relayed; away and after_hours: ring as usual). In an extension a
+    missing (null) field takes the node default (``calls.ai_answer``), where it means ``off``."""
+
+    no_answer: TriggerAction | None = None  # the callee did not answer within no_answer_timeout
+    unregistered: TriggerAction | None = None  # a configured extension with no registered contact
+    busy: TriggerAction | None = None  # the callee answered 486 or 600
+    away: TriggerAction | None = None  # set with PUT /api/extensions/{ext}/away
+    after_hours: TriggerAction | None = None  # outside ``business_hours``
+
+
+class BusinessHours(_Strict):
+    """Opening hours: per weekday a list of ``HH:MM-HH:MM`` ranges in ``timezone`` (end exclusive,
+    ``24:00`` allowed); a day not listed is closed all day."""
+
+    timezone: str = "UTC"
+    hours: dict[Weekday, list[str]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Paris')") from None
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _ranges(cls, value: dict[Weekday, list[str]]) -> dict[Weekday, list[str]]:
+        for day, ranges in value.items():
+            for index, text in enumerate(ranges):
+                match = _TIME_RANGE.match(text)
+                if match is None:
+                    raise ValueError(f"{day}[{index}]: {text!r} is not a range 'HH:MM-HH:MM'")
+                start_h, start_m, end_h, end_m = (int(g) for g in match.groups())
+                if end_h == 24 and end_m:
+                    raise ValueError(f"{day}[{index}]: {text!r} ends after 24:00")
+                if end_h * 60 + end_m <= start_h * 60 + start_m:
+                    raise ValueError(f"{day}[{index}]: {text!r} must end after it starts")
+        return value
+
+    def minutes(self, day: Weekday) -> list[tuple[int, int]]:
+        """The day's ranges as (start, end) minutes since midnight."""
+        result = []
+        for text in self.hours.get(day, []):
+            start, end = text.split("-")
+            result.append((_minute_of(start), _minute_of(end)))
+        return result
+
+
+def _minute_of(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
 class ExtensionConfig(_Strict):
     no_answer_timeout: float | None = Field(None, gt=0)
     no_answer_action: NoAnswerAction | None = None
+    ai_answer: AiAnswerTriggers | None = None  # per-trigger overrides of calls.ai_answer
+    business_hours: BusinessHours | None = None  # overrides calls.business_hours
 
 
 class StaticRoute(_Strict):
@@ -112,6 +181,8 @@ class CallsConfig(_Strict):
     no_answer_action: NoAnswerAction = NoAnswerAction()
     max_calls: int = Field(10_000, ge=1)
     supported_extensions: list[str] = Field(default_factory=lambda: ["100rel", "timer", "replaces"])
+    ai_answer: AiAnswerTriggers = AiAnswerTriggers()  # node default of each AI attendant trigger
+    business_hours: BusinessHours | None = None  # None: always open (after_hours never fires)
 
 
 class RoutingConfig(_Strict):

