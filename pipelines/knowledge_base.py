@@ -401,13 +401,18 @@ class KnowledgeBase:
             score = float(p.vector @ vector)
             if score >= best:
                 best_id, best = pid, score
+        # The stored state of a point this write has loaded is superseded by ``pending`` (searched
+        # above), so such points are left out here. That matters for a re-run: the points only this
+        # run made are loaded emptied (payload None) and come back as their first item arrives, so
+        # an item sees exactly the points the first run had made by then, and merges the same way.
         flt = qm.Filter(
             must=[
                 qm.FieldCondition(key="language", match=qm.MatchValue(value=item.language)),
                 qm.FieldCondition(key="business_unit", match=qm.MatchValue(value=item.business_unit))
                 if item.business_unit is not None
                 else qm.IsNullCondition(is_null=qm.PayloadField(key="business_unit")),
-            ]
+            ],
+            must_not=[qm.HasIdCondition(has_id=list(pending))] if pending else None,
         )
         for name in self.collections():
             hits = self.client.query_points(
@@ -449,7 +454,10 @@ class KnowledgeBase:
 
         for n, (item, vector) in enumerate(zip(items, unit, strict=True)):
             pid = point_id(item.language, item.business_unit, item.question)
-            if pid not in pending and near_duplicates:
+            own = pending.get(pid)
+            # A point emptied by drop_run counts as absent until an item revives it, as on the
+            # first run, where it did not exist before its first item.
+            if (own is None or own.payload is None) and near_duplicates:
                 dup = self._near_duplicate(item, vector, pending)
                 if dup is not None:
                     load(self.get([dup]))

@@ -104,6 +104,26 @@ def test_rerun_of_the_same_items_changes_nothing(kb: KnowledgeBase) -> None:
     assert stored[first.ids[0]].item.source_call_ids == ("c1",)
 
 
+def test_replace_run_again_merges_exactly_as_the_first_time(kb: KnowledgeBase) -> None:
+    """An item whose own point a *later* item of the same run made went to its near-duplicate on
+    the first run; a re-run must send it there again, not to the point that now exists."""
+    base = vec(1)
+    items = [
+        item("Can I book a visit online?", "c1", ts(2024, 5)),
+        item("How can I make an appointment?", "c2", ts(2024, 5)),  # near c1's point
+        item("How can I make an appointment?", "c3", ts(2024, 5), answer="Call us."),  # far from it
+        item("Do you take walk-ins?", "c4", ts(2024, 5)),
+    ]
+    vectors = np.stack([base, near(base, 0.05), vec(3), near(base, 0.05, seed=5)])
+    first = kb.replace_run("run-1", items, vectors)
+    assert first.ids[1] == first.ids[0] != first.ids[2]
+    assert first.ids[3] == first.ids[0]
+    for _ in range(2):
+        again = kb.replace_run("run-1", items, vectors)
+        assert (again.inserted, again.merged, again.unchanged, again.removed) == (0, 0, 4, 0)
+        assert again.ids == first.ids
+
+
 def test_new_source_call_merges_and_counts_support_once(kb: KnowledgeBase) -> None:
     a = item("What are your opening hours?", "c1", ts(2024, 5, 1))
     kb.upsert([a], vec(1)[None], run_id="r1")
