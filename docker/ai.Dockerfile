@@ -25,7 +25,7 @@ ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
 # Extras of pyproject.toml: ai (always), st (sentence-transformers), llm (llama-cpp-python, compiled).
-ARG EXTRAS=ai,st
+ARG EXTRAS=ai,st,s3
 # GPU-only model code, installed in the same pip run as the project so one resolver picks one torch.
 # The CUDA 12 cuBLAS and cuDNN 9 wheels are what CTranslate2 (faster-whisper on cuda) loads, whatever
 # CUDA the base image or torch brings (LD_LIBRARY_PATH below). Empty it for a CPU image.

@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -258,7 +257,15 @@ def run_extract(
     report.knowledge_items = kb.count()
     report.seconds = time.perf_counter() - t0
     report.calls_per_second = report.calls / report.seconds if report.seconds else 0.0
-    out = Path(config.reports)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{run_id}.json").write_text(report.to_json(), encoding="utf-8")
+    _write_report(config, report)
     return report
+
+
+def _write_report(config: ExtractConfig, report: RunReport) -> None:
+    """``<reports>/<run id>.json``: a folder or an fsspec URL (the store's storage options apply)."""
+    import fsspec  # type: ignore[import-untyped,unused-ignore]  # no py.typed in the wheel
+
+    fs, root = fsspec.core.url_to_fs(config.reports, **config.storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root.rstrip('/')}/{report.run_id}.json", "w", encoding="utf-8") as f:
+        f.write(report.to_json())

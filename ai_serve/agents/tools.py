@@ -99,6 +99,8 @@ class ToolResult:
         if self.ok:
             return json.dumps({"ok": True, "data": self.data}, ensure_ascii=False)
         body = {"ok": False, "error": self.error_kind, "status": self.status, "say": self.spoken}
+        if self.error_kind == "bad_arguments":
+            body["detail"] = self.detail  # which rule failed (no values), so the model can fix its call
         return json.dumps(body, ensure_ascii=False)
 
 
@@ -317,6 +319,11 @@ class ToolRegistry:
             raise _Failure("unreachable", f"{type(exc).__name__}: {exc}") from None
         except aiohttp.ClientError as exc:
             raise _Failure("bad_response", f"{type(exc).__name__}: {exc}") from None
+        except _Failure:
+            raise
+        except Exception as exc:  # a bug or an odd library error: still an answer, never an exception
+            log.exception("%s: unexpected error calling %s", spec.name, spec.method)
+            raise _Failure("unreachable", f"{type(exc).__name__}: {exc}") from None
         if not 200 <= status < 300:
             raise _Failure("http_error", f"HTTP {status}", status)
         if not raw.strip():
@@ -344,9 +351,18 @@ def _parse_arguments(arguments: Mapping[str, Any] | str, tool: PreparedTool) -> 
         raise _Failure("bad_arguments", "arguments must be a JSON object")
     errors = sorted(tool.validator.iter_errors(parsed), key=lambda e: list(e.absolute_path))
     if errors:
-        msgs = [f"{'/'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}" for e in errors[:3]]
-        raise _Failure("bad_arguments", "; ".join(msgs))
+        raise _Failure("bad_arguments", "; ".join(_schema_error(e) for e in errors[:3]))
     return parsed
+
+
+def _schema_error(error: Any) -> str:
+    """A jsonschema error without the offending value: the detail goes to the audit log, and a value
+    that failed a phone pattern is still a phone number."""
+    where = "/".join(map(str, error.absolute_path)) or "(arguments)"
+    if error.validator in ("required", "additionalProperties", "dependentRequired"):
+        return f"{where}: {error.message}"  # these name keys, not values
+    rule = json.dumps(error.validator_value, ensure_ascii=False)
+    return f"{where}: fails {error.validator} {rule}"
 
 
 def _fill_url(template: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
