@@ -446,7 +446,7 @@ def test_example_config_loads_and_secrets_stay_out_of_repr() -> None:
         "ORDERS_PASSWORD": "p",
     }
     reg = ToolRegistry.from_yaml(REPO / "config" / "tools.yaml", environ=environ)
-    assert reg.names == ["billing.lookup", "crm.create_ticket", "orders.status", "plans.change"]
+    assert reg.names == ["billing.lookup", "crm.create_ticket", "plans.change", "orders.status"]
     assert [t.name for t in reg.for_agent("ivr", intent="check_bill")] == ["billing.lookup", "orders.status"]
     assert "tok-123" not in repr(reg._tools) and "key-123" not in repr(reg._tools)
     assert reg._tools["billing.lookup"].url == "https://billing.example.com/accounts/{phone}/balance"
