@@ -23,7 +23,9 @@ Matching an item to a gold fact (:class:`FactMatcher`)
     - question: for some wording of ``g`` said in the calls (its canonical question or a paraphrase),
       at least ``question`` of that wording's tokens are in the item's question (lead-ins such as ``one
       more thing`` are allowed; ``can you say that again?`` paired with the right answer is not a
-      correct Q&A item).
+      correct Q&A item), and no other fact of the business and language has a wording that scores
+      higher (``What does an extra family line cost?`` shares ``cost extra`` with ``Does hotspot cost
+      extra?``, but it asks the family-plan fact).
 
     The gold answer and paraphrases are the exact script the calls were generated from, so token
     overlap is a faithful test here (the calls add ASR-like noise of about 6% of words, which the
@@ -55,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import fsspec
+import fsspec  # type: ignore[import-untyped,unused-ignore]  # no py.typed in the wheel
 
 from .callstore import read_calls
 from .exchanges import split_sentences
@@ -64,6 +66,7 @@ from .sample_data import GOLD_FILE
 
 if TYPE_CHECKING:
     from ai_serve.embeddings import TextEmbedder
+    from ai_serve.retrieval import Retriever
 
     from .knowledge_base import KnowledgeBase
 
@@ -75,8 +78,11 @@ __all__ = [
     "MatchRule",
     "QuestionResult",
     "evaluate",
+    "items_of_calls",
     "load_gold",
     "match_tokens",
+    "score_extraction",
+    "score_retrieval",
     "store_days",
 ]
 
@@ -84,10 +90,11 @@ HIT3_TARGET = 0.90
 _WORD = re.compile(r"\w+", re.UNICODE)
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_EN_STOP = frozenset(
+_EN_STOP_WORDS = (
     "a an and are as at be by can do does for from have how i if in is it me my of on or our so that the"
-    " their there this to was we what when where which who why will with you your".split()
+    " their there this to was we what when where which who why will with you your"
 )
+_EN_STOP = frozenset(_EN_STOP_WORDS.split())
 
 
 def match_tokens(text: str) -> frozenset[str]:
@@ -146,13 +153,15 @@ class FactMatcher:
         if not group:
             return []
         q, a = match_tokens(question), match_tokens(answer)
+        asks = [max((_share(q, w) for w in gold.wordings), default=0.0) for gold in group]
+        best = max(asks)
         found = []
-        for gold in group:
+        for gold, ask in zip(group, asks, strict=True):
+            if ask < self.rule.question or ask < best:
+                continue
             if _share(gold.answer, a) < self.rule.answer_precision:
                 continue
-            if max((_share(a, s) for s in gold.sentences), default=0.0) < self.rule.answer_coverage:
-                continue
-            if max((_share(q, w) for w in gold.wordings), default=0.0) >= self.rule.question:
+            if max((_share(a, s) for s in gold.sentences), default=0.0) >= self.rule.answer_coverage:
                 found.append(gold.fact.fact_id)
         return found
 
@@ -231,9 +240,12 @@ class LanguageScores:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
-            precision=round(self.precision, 4), recall=round(self.recall, 4), hit_at_1=round(self.hit_at_1, 4),
-            hit_at_3=round(self.hit_at_3, 4), mrr=round(self.mrr, 4),
-        )  # fmt: skip
+            precision=round(self.precision, 4),
+            recall=round(self.recall, 4),
+            hit_at_1=round(self.hit_at_1, 4),
+            hit_at_3=round(self.hit_at_3, 4),
+            mrr=round(self.mrr, 4),
+        )
         return out
 
 
@@ -246,15 +258,24 @@ class EvalReport:
     until: str
     calls: int
     knowledge_items: int  # points in the knowledge base (any range)
-    rows: dict[str, LanguageScores]  # "en", "ko", "all"
-    rule: MatchRule
-    depth: int
-    hybrid_alpha: float
-    rerank: bool
+    rule: MatchRule = field(default_factory=MatchRule)
+    depth: int = 10
+    hybrid_alpha: float = 0.5
+    rerank: bool = False
+    rows: dict[str, LanguageScores] = field(
+        default_factory=lambda: {k: LanguageScores(k) for k in ("en", "ko", "all")}
+    )  # per language, and "all"
     unmatched_items: list[dict[str, str]] = field(default_factory=list)  # a sample, for inspection
     missed_facts: list[str] = field(default_factory=list)
     questions: list[QuestionResult] = field(default_factory=list)
     target: float = HIT3_TARGET
+
+    def count(self, language: str, **increments: float) -> None:
+        """Add ``increments`` (field name -> amount) to ``language``'s row and to ``all``."""
+        for key in (language, "all"):
+            row = self.rows.setdefault(key, LanguageScores(key))
+            for name, value in increments.items():
+                setattr(row, name, getattr(row, name) + value)
 
     @property
     def overall(self) -> LanguageScores:
@@ -286,7 +307,7 @@ class EvalReport:
         )
         cols = ("lang", "items", "prec", "facts", "recall", "questions", "hit@1", "hit@3", "MRR")
         lines = [head, "  ".join(f"{c:>9}" for c in cols)]
-        for key in ("en", "ko", "all"):
+        for key in sorted(self.rows, key=lambda k: (k == "all", k)):
             r = self.rows[key]
             values = (
                 r.language, str(r.items), f"{r.precision:.3f}", str(r.gold_facts), f"{r.recall:.3f}",
@@ -322,7 +343,8 @@ def load_gold(path: str, storage_options: dict[str, Any] | None = None) -> list[
     return [GoldFact.model_validate_json(line) for line in lines if line.strip()]
 
 
-def _items_of(kb: KnowledgeBase, call_ids: set[str]) -> list[QAItem]:
+def items_of_calls(kb: KnowledgeBase, call_ids: set[str]) -> list[QAItem]:
+    """The knowledge base's items with at least one source call among ``call_ids``."""
     items = []
     for collection in kb.collections():
         for point, _ in kb.points(collection):
@@ -330,6 +352,72 @@ def _items_of(kb: KnowledgeBase, call_ids: set[str]) -> list[QAItem]:
             if call_ids.intersection(item.source_call_ids):
                 items.append(item)
     return items
+
+
+def score_extraction(
+    report: EvalReport, matcher: FactMatcher, items: Iterable[QAItem], occurring: Iterable[str]
+) -> set[str]:
+    """Add precision/recall counts of ``items`` against the ``occurring`` facts to ``report``; return
+    the facts recalled."""
+    recalled: set[str] = set()
+    for item in items:
+        found = matcher.item_matches(item)
+        recalled.update(found)
+        report.count(item.language, items=1, matched_items=1 if found else 0)
+        if not found and len(report.unmatched_items) < 50:
+            report.unmatched_items.append(
+                {"language": item.language, "business_unit": item.business_unit or "",
+                 "question": item.question, "answer": item.answer}
+            )  # fmt: skip
+    for fact_id in sorted(occurring):
+        fact = matcher.facts[fact_id]
+        report.count(fact.language, gold_facts=1, recalled_facts=1 if fact_id in recalled else 0)
+        if fact_id not in recalled:
+            report.missed_facts.append(fact_id)
+    return recalled
+
+
+def score_retrieval(
+    report: EvalReport, matcher: FactMatcher, retriever: Retriever, facts: Iterable[GoldFact]
+) -> None:
+    """Ask every held-out question of ``facts`` through ``retriever`` (filtered by the fact's language
+    and business unit) and add hit@1/hit@3/MRR counts to ``report``."""
+    queries = [(fact, q) for fact in facts for q in fact.held_out]
+    if not queries:
+        return
+    vectors = retriever.embedder.embed([q for _, q in queries], "query")
+    for (fact, question), vector in zip(queries, vectors, strict=True):
+        hits = retriever.search_vector(
+            question, vector, k=report.depth, language=fact.language, business_unit=fact.business_unit,
+            hybrid_alpha=report.hybrid_alpha, rerank=report.rerank,
+        )  # fmt: skip
+        rank = next(
+            (
+                n
+                for n, hit in enumerate(hits, start=1)
+                if fact.fact_id
+                in matcher.matches(hit.question, hit.answer, hit.language, hit.payload.get("business_unit"))
+            ),
+            None,
+        )
+        top = hits[0] if hits else None
+        report.questions.append(
+            QuestionResult(
+                fact.fact_id,
+                fact.language,
+                question,
+                rank,
+                top.question if top else "",
+                top.answer if top else "",
+            )
+        )
+        report.count(
+            fact.language,
+            questions=1,
+            hits_at_1=int(rank == 1),
+            hits_at_3=int(rank is not None and rank <= 3),
+            reciprocal_rank_sum=1.0 / rank if rank else 0.0,
+        )
 
 
 def evaluate(
@@ -346,73 +434,26 @@ def evaluate(
     rerank: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> EvalReport:
-    """Evaluate what ``kb`` holds for the calls of ``since``..``until`` (see the module docstring)."""
+    """Evaluate what ``kb`` holds for the calls of ``since``..``until`` (see the module docstring).
+
+    ``hybrid_alpha`` and ``rerank`` are the retriever's options (the defaults are the retriever
+    deployment's); ``depth`` is how many hits are looked at for MRR."""
     from ai_serve.retrieval import Retriever
 
     if depth < 3:
         raise ValueError(f"depth must be >= 3 (hit@3), got {depth}")
     matcher = FactMatcher(gold, rule)
     calls = list(read_calls(store, since, until, storage_options=storage_options))
-    call_ids = {c.call_id for c in calls}
     occurring: set[str] = set()
     for call in calls:
         occurring |= matcher.facts_in_call(call)
-    rows = {lang: LanguageScores(lang) for lang in ("en", "ko", "all")}
     report = EvalReport(
         store=store, since=since.isoformat(), until=until.isoformat(), calls=len(calls),
-        knowledge_items=kb.count(), rows=rows, rule=matcher.rule, depth=depth,
-        hybrid_alpha=hybrid_alpha, rerank=rerank,
+        knowledge_items=kb.count(), rule=matcher.rule, depth=depth, hybrid_alpha=hybrid_alpha,
+        rerank=rerank,
     )  # fmt: skip
-
-    def count(language: str, **inc: float) -> None:
-        for key in (language, "all"):
-            row = rows.setdefault(key, LanguageScores(key))
-            for name, value in inc.items():
-                setattr(row, name, getattr(row, name) + value)
-
-    recalled: set[str] = set()
-    for item in _items_of(kb, call_ids):
-        found = matcher.item_matches(item)
-        recalled.update(found)
-        count(item.language, items=1, matched_items=1 if found else 0)
-        if not found and len(report.unmatched_items) < 50:
-            report.unmatched_items.append(
-                {"language": item.language, "business_unit": item.business_unit or "",
-                 "question": item.question, "answer": item.answer}
-            )  # fmt: skip
-    in_scope = [matcher.facts[f] for f in sorted(occurring)]
-    for fact in in_scope:
-        count(fact.language, gold_facts=1, recalled_facts=1 if fact.fact_id in recalled else 0)
-        if fact.fact_id not in recalled:
-            report.missed_facts.append(fact.fact_id)
-
+    items = items_of_calls(kb, {c.call_id for c in calls})
+    score_extraction(report, matcher, items, occurring)
     retriever = Retriever(kb, embedder)
-    queries = [(fact, q) for fact in in_scope for q in fact.held_out]
-    vectors = embedder.embed([q for _, q in queries], "query") if queries else []
-    for (fact, question), vector in zip(queries, vectors, strict=True):
-        hits = retriever.search_vector(
-            question, vector, k=depth, language=fact.language, business_unit=fact.business_unit,
-            hybrid_alpha=hybrid_alpha, rerank=rerank,
-        )  # fmt: skip
-        rank = next(
-            (
-                n
-                for n, hit in enumerate(hits, start=1)
-                if fact.fact_id in matcher.matches(hit.question, hit.answer, hit.language, fact.business_unit)
-                and hit.payload.get("business_unit") == fact.business_unit
-            ),
-            None,
-        )
-        top = hits[0] if hits else None
-        report.questions.append(
-            QuestionResult(
-                fact.fact_id, fact.language, question, rank,
-                top.question if top else "", top.answer if top else "",
-            )  # fmt: skip
-        )
-        count(
-            fact.language, questions=1, hits_at_1=int(rank == 1), hits_at_3=int(rank is not None and rank <= 3),
-            reciprocal_rank_sum=1.0 / rank if rank else 0.0,
-        )  # fmt: skip
+    score_retrieval(report, matcher, retriever, [matcher.facts[f] for f in sorted(occurring)])
     return report
-

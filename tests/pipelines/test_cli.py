@@ -31,3 +31,12 @@ def test_sample_writes_a_store(tmp_path: Path) -> None:
     assert main(["pipeline", "sample", str(tmp_path / "store"), "--calls", "12", "--seed", "3"]) == 0
     assert (tmp_path / "store" / "gold_facts.jsonl").exists()
     assert len(list((tmp_path / "store").glob("*/*.jsonl"))) == 12
+
+
+def test_eval_rejects_bad_retriever_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["pipeline", "eval", "--alpha", "1.5"])
+    assert "not a weight in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pipeline", "eval", "--depth", "2"])
+    assert "not a depth from 3 to 100" in capsys.readouterr().err
