@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from .agents.attendant_config import AttendantConfig
 from .deployments.diarization import DiarizationDeployment, DiarizationOptions
 from .deployments.stt import SttDeployment, SttOptions
 from .ingress import IngressOptions, SttIngress
@@ -33,6 +34,8 @@ class AppArgs(BaseModel):
     stt_num_cpus: float = Field(1.0, ge=0)  # CPU reserved per STT replica
     stt_num_gpus: float = Field(0.0, ge=0)  # fractional on a shared GPU, with stt.device = "cuda"
     stt_replicas: int | None = Field(None, ge=1)  # None: the config file's num_replicas/autoscaling
+    # Mode "attendant": greetings, extensions, thresholds (the roles it uses are the smartpbx-roles app's)
+    attendant: AttendantConfig = Field(default_factory=AttendantConfig)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -56,4 +59,4 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             .options(ray_actor_options={"num_cpus": config.diarization_num_cpus})
             .bind(config.diarization.model_dump())
         )
-    return ingress.bind(stt, config.ingress.model_dump(), diarization)
+    return ingress.bind(stt, config.ingress.model_dump(), diarization, config.attendant.model_dump())

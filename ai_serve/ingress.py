@@ -21,6 +21,9 @@ for the per-leg cutting, partials, speculative finals and gaps), fed by the rece
   :class:`CallStream`, media times continue.
 - A bad first message closes with :data:`~pbx_edge.ai_link.protocol.CLOSE_REJECTED`; a bad message
   later is logged and skipped. A lost socket cancels the call's tasks (the edge reconnects).
+- Mode ``attendant`` (an unanswered call handed to the AI): the same transcription, plus the call's
+  attendant (:mod:`ai_serve.ingress_agent`): a cached greeting at once, a Ray actor per call fed the
+  caller's speech starts and finals, its actions and PCM sent back on the socket, its summary at the end.
 - Metrics (:mod:`ai_serve.metrics`): active calls, frames and messages received, transcripts sent,
   end-of-speech → final latency, speculative outcomes, STT requests in flight; ``/healthz`` returns
   the replica's running totals.
@@ -50,6 +53,8 @@ from pbx_edge.ai_link.protocol import (
     parse_edge_message,
 )
 
+from .agents.attendant_config import parse_attendant_config
+from .ingress_agent import AgentRuntime, AttendantCall
 from .ingress_call import (
     CallStream,
     IngressOptions,
@@ -88,6 +93,7 @@ class SttIngress:
         stt: DeploymentHandle[Any],
         options: dict[str, Any] | None = None,
         diarization: DeploymentHandle[Any] | None = None,
+        attendant: dict[str, Any] | None = None,
     ) -> None:
         self.stt = stt
         self.diarization = diarization  # speaker embeddings for labels within a leg (None: no labels)
@@ -97,14 +103,17 @@ class SttIngress:
         self.state = IngressState()  # STT requests in flight (partials wait for finals), totals
         self.metrics = IngressMetrics()
         self.metrics.active_calls.set(0)
+        self.agents = AgentRuntime(parse_attendant_config(attendant))  # mode "attendant"
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
+        self.agents.ensure_warm()
         return {
             "status": "ok",
             "active_calls": self.active_calls,
             "stt_in_flight": {"final": self.state.finals_in_flight, "partial": self.state.partials_in_flight},
             "totals": dict(self.state.totals),
+            "attendants": self.agents.info(),
         }
 
     async def _transcribe(self, pcm: bytes, language: str | None) -> Segments:
@@ -143,11 +152,19 @@ class SttIngress:
             async with lock:
                 await ws.send_text(text)
 
+        async def send_bytes(data: bytes) -> None:
+            async with lock:
+                await ws.send_bytes(data)
+
+        agent: AttendantCall | None = None
+        if self.agents.wants(start):
+            agent = await self.agents.open(start, send, send_bytes)
+            start = start if agent is None else agent.start
         call = CallStream(
             start,
             self.options,
             self._transcribe,
-            send,
+            send if agent is None else agent.tap(send),
             transcribe_partial=self._transcribe_partial,
             embed=self._embed if self.diarization is not None else None,
             state=self.state,
@@ -158,21 +175,25 @@ class SttIngress:
         t0 = time.monotonic()
         ended = False
         try:
-            ended = await self._receive(ws, call)
+            ended = await self._receive(ws, call, agent)
             if ended:
                 await call.finish()
+                if agent is not None:
+                    await agent.finish()
                 await ws.close(CLOSE_DONE)
         finally:
             self.active_calls -= 1
             self.metrics.active_calls.set(self.active_calls)
             if not ended:
                 await call.cancel()
+            if agent is not None:
+                await agent.cancel()
             _LOG.info("call %s: %s after %.1f s, %d finals, %d partials, %d gaps", call_id,
                       "ended" if ended else "lost", time.monotonic() - t0, call.sent, call.partials_sent,
                       call.gaps_sent)  # fmt: skip
 
     @staticmethod
-    async def _receive(ws: WebSocket, call: CallStream) -> bool:
+    async def _receive(ws: WebSocket, call: CallStream, agent: AttendantCall | None = None) -> bool:
         """The receive loop; True when the edge sent ``end``, False when the socket went away."""
         while True:
             message = await ws.receive()
@@ -182,6 +203,8 @@ class SttIngress:
             try:
                 if data is not None:
                     call.feed_frames(decode_batch(data))
+                    if agent is not None:
+                        agent.frames_fed(call)
                     continue
                 control = parse_edge_message(message.get("text") or "")
             except ProtocolError as exc:

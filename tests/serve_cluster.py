@@ -12,6 +12,8 @@ A pytest plugin (``pytest_plugins = ["tests.serve_cluster"]`` in ``tests/conftes
   a long ``ingress.stt_timeout_s`` (see ``STT_TIMEOUT_S``).
 - Tests that disturb the app (kill a replica) call :meth:`ServeApp.wait_healthy` before they end,
   so the next test finds it whole whatever the order.
+- The app's ``attendant`` args are :data:`ATTENDANT_ARGS` (extension 201: the test clinic); the roles
+  it calls are another app, deployed by the tests that need it with :func:`roles_app`.
 - :func:`figure` records a measured figure; they are printed in a "live transcription figures"
   section at the end of the run, captured or not.
 
@@ -39,6 +41,21 @@ APP_ARGS: dict[str, Any] = {"stt_num_cpus": 1}
 # shared, and the tests measure what is transcribed, not how much load the box takes (bench/ does).
 STT_TIMEOUT_S = 180.0
 HOST = "127.0.0.1"
+ROLES_APP_NAME = "smartpbx-roles"
+ROLES_PREFIX = "/roles"
+# Mode "attendant" on the shared app (other modes ignore it): the clinic that tests/e2e/test_attendant_ws.py
+# fills a knowledge base for. Greetings are warmed when the roles app is up.
+ATTENDANT_ARGS: dict[str, Any] = {
+    "extensions": {
+        "201": {
+            "business": {"en": "the clinic", "ko": "행복 의원"},
+            "person": {"en": "Doctor Kim", "ko": "김 원장님"},
+            "business_unit": "clinic",
+        }
+    },
+    "tts_timeout_s": 120.0,  # the shared 2-core box: a TTS request may queue behind STT work
+    "retrieval_timeout_s": 60.0,
+}
 
 FIGURES: list[str] = []
 
@@ -179,6 +196,8 @@ def serve_app() -> Iterator[ServeApp]:
     ingress_options = AppArgs.model_fields["ingress"].annotation
     if isinstance(ingress_options, type) and "stt_timeout_s" in getattr(ingress_options, "model_fields", {}):
         args["ingress"] = {"stt_timeout_s": STT_TIMEOUT_S}
+    if "attendant" in AppArgs.model_fields:
+        args["attendant"] = ATTENDANT_ARGS
     app = ServeApp(port=free_port())
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -194,3 +213,21 @@ def serve_app() -> Iterator[ServeApp]:
         # Not serve.shutdown(): it waits up to 30 s for replicas still decoding a test's backlog. This
         # process started the cluster, so ray.shutdown() stops all of it (controller, proxy, replicas).
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def roles_app(args: dict[str, Any] | None = None) -> Iterator[float]:
+    """Deploy ``build_roles_app(args)`` as ``smartpbx-roles`` at ``/roles`` on the running cluster
+    (``serve_app`` first); yields the seconds it took to be ready and deletes it at the end."""
+    from ray import serve
+
+    from ai_serve.roles_app import build_roles_app
+
+    t0 = time.perf_counter()
+    serve.run(build_roles_app(args), name=ROLES_APP_NAME, route_prefix=ROLES_PREFIX)
+    ready = time.perf_counter() - t0
+    figure(f"roles app: ready in {ready:.1f} s")
+    try:
+        yield ready
+    finally:
+        serve.delete(ROLES_APP_NAME)

@@ -1,0 +1,247 @@
+"""The attendant at run time: one Ray actor per live call, the roles reached by deployment handles.
+
+:class:`AttendantLoop` (asyncio, no Ray) drives an :class:`~ai_serve.agents.attendant.Attendant`:
+speech starts are handled at once (a barge-in must not wait behind a turn being answered); finals,
+gaps and the greeting are queued and handled one at a time, in the order they came; the attendant's
+deadline (silence, the end after the last words) is waited for between them. Its outputs are queued
+as wire items: ``("json", text)`` for a protocol message, ``("audio", pcm)`` for 16 kHz PCM of the
+caller leg, which the ingress frames and sends (:mod:`ai_serve.ingress_agent`).
+
+:class:`AttendantActor` is the actor's body (``ray.remote(AttendantActor)``, created by the ingress
+when a call starts in mode ``attendant``, killed when it ends): :meth:`AttendantActor.run` is a
+streaming method the ingress reads the outputs from; the other methods are the inputs.
+:class:`RoleClients` wraps the role deployments of the ``smartpbx-roles`` app (TTS, retriever, LLM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from pbx_edge.ai_link.protocol import PlayAction, StartMessage
+
+from .attendant import Attendant, Output, Say
+from .attendant_config import AttendantConfig, Language
+from .greetings import to_16k
+
+__all__ = ["AttendantActor", "AttendantLoop", "Chat", "RoleClients", "WireItem", "check_answer", "wire_items"]
+
+_LOG = logging.getLogger(__name__)
+
+WireItem = tuple[Literal["json", "audio"], Any]
+Chat = Callable[..., Awaitable[dict[str, Any]]]  # LlmDeployment.chat: messages, **options -> ChatResult dict
+_Input = tuple[str, tuple[Any, ...]]
+_CHECK_SCHEMA = {
+    "type": "object",
+    "properties": {"answers": {"type": "boolean"}},
+    "required": ["answers"],
+}
+
+
+async def check_answer(chat: Chat, question: str, answer: str, language: Language) -> bool | None:
+    """The LLM's yes/no, by constrained JSON: does ``answer`` answer ``question``? None when it gave no
+    usable reply (the caller then goes by the retrieval scores alone)."""
+    messages = [
+        {"role": "system", "content": "You check the answers of a phone assistant. Reply in JSON."},
+        {"role": "user", "content": f"Question: {question}\nAnswer: {answer}\n"
+                                    "Does the answer answer the question? Reply {\"answers\": true} or "
+                                    "{\"answers\": false}."},
+    ]  # fmt: skip
+    result = await chat(messages, max_tokens=16, temperature=0.0, json_schema=_CHECK_SCHEMA)
+    try:
+        verdict = json.loads(str(result.get("text", "")))
+    except ValueError:
+        return None
+    value = verdict.get("answers") if isinstance(verdict, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def wire_items(outputs: list[Output]) -> list[WireItem]:
+    """The attendant's outputs as what goes on the WebSocket, in order."""
+    items: list[WireItem] = []
+    for out in outputs:
+        if isinstance(out, Say):
+            items.append(("json", PlayAction(leg="caller", text=out.text, id=out.id).to_json()))
+            items.append(("audio", out.pcm))
+        else:
+            items.append(("json", out.to_json()))
+    return items
+
+
+class AttendantLoop:
+    """Inputs in, wire items out, for one :class:`Attendant` (see the module docstring)."""
+
+    def __init__(self, attendant: Attendant, clock: Callable[[], float] = time.monotonic) -> None:
+        self.attendant = attendant
+        self._clock = clock
+        self._inbox: asyncio.Queue[_Input | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[WireItem | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # inputs ------------------------------------------------------------------------------------
+
+    def greet(self) -> None:
+        self._inbox.put_nowait(("greet", ()))
+
+    def greeted(self, text: str, seconds: float, age: float) -> None:
+        self._inbox.put_nowait(("greeted", (text, seconds, age)))
+
+    def speech_started(self) -> None:
+        if not self._closed:
+            self._put(self.attendant.speech_started())
+
+    def heard(self, text: str, confidence: float | None) -> None:
+        self._inbox.put_nowait(("heard", (text, confidence)))
+
+    def gap(self) -> None:
+        self._inbox.put_nowait(("gap", ()))
+
+    # running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"attendant-{self.attendant.start.call_id}")
+
+    async def finish(self, reason: str) -> None:
+        """Stop handling inputs (a turn in progress is cancelled); queue the summary, then the end."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._inbox.empty():  # finals that came with the end: in the transcript, unanswered
+            job = self._inbox.get_nowait()
+            if job is not None and job[0] == "heard":
+                self.attendant.heard_late(job[1][0])
+        self._put(self.attendant.finish(reason))
+        self.outbox.put_nowait(None)
+
+    async def outputs(self) -> AsyncIterator[WireItem]:
+        """The wire items until :meth:`finish`."""
+        self.start()
+        while (item := await self.outbox.get()) is not None:
+            yield item
+
+    def _put(self, outputs: list[Output]) -> None:
+        for item in wire_items(outputs):
+            self.outbox.put_nowait(item)
+
+    async def _run(self) -> None:
+        attendant = self.attendant
+        while True:
+            deadline = attendant.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                job = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                self._put(await attendant.expire())
+                continue
+            if job is None:
+                return
+            kind, args = job
+            try:
+                if kind == "greet":
+                    self._put(await attendant.greet())
+                elif kind == "greeted":
+                    attendant.greeted(*args)
+                elif kind == "heard":
+                    self._put(await attendant.heard(*args))
+                elif kind == "gap":
+                    attendant.gap()
+            except Exception:  # a bug must not leave the caller in silence for the rest of the call
+                _LOG.exception("call %s: attendant failed on %s", attendant.start.call_id, kind)
+
+
+class RoleClients:
+    """The role deployments of the roles app, through handles made at first use."""
+
+    def __init__(self, config: AttendantConfig) -> None:
+        self.config = config
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, name: str) -> Any:
+        if name not in self._handles:
+            from ray import serve
+
+            self._handles[name] = serve.get_deployment_handle(name, app_name=self.config.roles_app)
+        return self._handles[name]
+
+    async def synthesize(self, text: str, language: Language) -> tuple[bytes, int]:
+        async with asyncio.timeout(self.config.tts_timeout_s):
+            pcm, rate = await self._handle(self.config.tts_deployment).synthesize.remote(text, language)
+        return bytes(pcm), int(rate)
+
+    async def speak(self, text: str, language: Language) -> bytes:
+        pcm, rate = await self.synthesize(text, language)
+        return to_16k(pcm, rate)
+
+    async def retrieve(
+        self, query: str, language: Language, business_unit: str | None
+    ) -> list[dict[str, Any]]:
+        async with asyncio.timeout(self.config.retrieval_timeout_s):
+            hits: list[dict[str, Any]] = await self._handle(self.config.retriever_deployment).search.remote(
+                query, k=self.config.retrieval_k, language=language, business_unit=business_unit,
+                rerank=self.config.rerank,
+            )  # fmt: skip
+        return hits
+
+    async def check(self, question: str, answer: str, language: Language) -> bool | None:
+        """:func:`check_answer` through the LLM deployment."""
+        handle = self._handle(self.config.llm_deployment)
+
+        async def chat(messages: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+            result: dict[str, Any] = await handle.chat.remote(messages, **options)
+            return result
+
+        async with asyncio.timeout(self.config.llm_timeout_s):
+            return await check_answer(chat, question, answer, language)
+
+
+class AttendantActor:
+    """One call's attendant as a Ray actor (async: inputs are handled while a turn is answered)."""
+
+    def __init__(self, start_json: str, config: dict[str, Any]) -> None:
+        start = StartMessage.model_validate_json(start_json)
+        self.config = AttendantConfig.model_validate(config)
+        self.roles = RoleClients(self.config)
+        attendant = Attendant(
+            start,
+            self.config,
+            speak=self.roles.speak,
+            retrieve=self.roles.retrieve,
+            check=self.roles.check if self.config.llm_check else None,
+            clock=time.monotonic,
+        )
+        self.loop = AttendantLoop(attendant)
+
+    async def run(self) -> AsyncIterator[WireItem]:
+        """The outputs, streamed (``actor.run.options(num_returns="streaming").remote()``)."""
+        async for item in self.loop.outputs():
+            yield item
+
+    async def greet(self) -> None:
+        self.loop.greet()
+
+    async def greeted(self, text: str, seconds: float, sent_at: float) -> None:
+        """The ingress played the cached greeting at UNIX time ``sent_at``."""
+        self.loop.greeted(text, seconds, max(0.0, time.time() - sent_at))
+
+    async def speech_started(self) -> None:
+        self.loop.speech_started()
+
+    async def heard(self, text: str, confidence: float | None) -> None:
+        self.loop.heard(text, confidence)
+
+    async def gap(self) -> None:
+        self.loop.gap()
+
+    async def finish(self, reason: str) -> None:
+        await self.loop.finish(reason)

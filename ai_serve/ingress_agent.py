@@ -1,0 +1,249 @@
+"""The ingress's side of an attendant call (mode ``attendant``): greeting, actor, taps, output pump.
+
+:class:`AgentRuntime` belongs to one ingress replica: the attendant options, a
+:class:`~ai_serve.agents.greetings.GreetingCache` (warmed in the background on first use of the
+replica) and the count of live attendants. :meth:`AgentRuntime.open` starts an
+:class:`AttendantCall` for a connection:
+
+1. the greeting goes out from the cache at once (a ``play`` action and its PCM), while
+2. the call's :class:`~ai_serve.agents.attendant_actor.AttendantActor` is created (a Ray actor; it
+   takes a second or two to start, which the greeting covers) and told when the greeting was played;
+3. the transcription of the call runs as in mode ``transcribe``; :meth:`AttendantCall.tap` wraps its
+   ``send`` so that the caller leg's finals and STT gaps also go to the actor, and
+   :meth:`AttendantCall.frames_fed` tells the actor when the caller's VAD detects speech (barge-in);
+4. a pump task sends what the actor streams back: JSON messages as they are, PCM for the caller leg
+   framed (16-byte header) in messages of at most ``audio_message_s`` so a ``stop_playback`` drops
+   little that is already queued on the edge;
+5. ``end``: :meth:`AttendantCall.finish` asks the actor for its summary, drains the pump and kills
+   the actor; a lost socket (:meth:`AttendantCall.cancel`) kills it at once.
+
+A reconnection (``resume``) gets a new attendant that does not greet again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pbx_edge.ai_link.protocol import (
+    SAMPLE_RATE,
+    Leg,
+    PlayAction,
+    StartMessage,
+    TranscriptEvent,
+    TranscriptGap,
+    encode_frame,
+)
+
+from .agents.attendant_actor import AttendantActor, RoleClients, WireItem
+from .agents.attendant_config import AttendantConfig
+from .agents.greetings import GreetingCache, configured_greetings
+from .ingress_call import CallStream
+
+__all__ = ["AgentRuntime", "AttendantCall"]
+
+_LOG = logging.getLogger(__name__)
+
+SendText = Callable[[str], Awaitable[None]]
+SendBytes = Callable[[bytes], Awaitable[None]]
+_FINISH_TIMEOUT_S = 10.0
+
+
+class AgentRuntime:
+    """Per ingress replica: options, greeting cache, live attendants (see the module docstring)."""
+
+    def __init__(self, config: AttendantConfig) -> None:
+        self.config = config
+        self.roles = RoleClients(config)
+        self.greetings = GreetingCache(self.roles.synthesize)
+        self.active = 0
+        self._warm: asyncio.Task[int] | None = None
+        self._actor_class: Any = None
+
+    def actor_class(self) -> Any:
+        """``ray.remote(AttendantActor)``, made once per replica (Ray exports the class once)."""
+        if self._actor_class is None:
+            import ray
+
+            self._actor_class = ray.remote(AttendantActor)
+        return self._actor_class
+
+    def wants(self, start: StartMessage) -> bool:
+        return start.mode == "attendant" and self.config.enabled
+
+    def ensure_warm(self) -> None:
+        """Synthesize the configured greetings in the background; again later while some failed
+        (the roles app may come up after this replica)."""
+        if not (self.config.warm_greetings and self.config.extensions):
+            return
+        items = configured_greetings(self.config)
+        if self._warm is not None and (not self._warm.done() or self._warm.result() == len(items)):
+            return
+        self._warm = asyncio.create_task(self.greetings.warm(items), name="attendant-greetings")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "active": self.active,
+            "greetings_cached": self.greetings.size,
+            "greetings_synthesized": self.greetings.syntheses,
+            "greeting_cache_hits": self.greetings.hits,
+        }
+
+    async def open(
+        self, start: StartMessage, send_text: SendText, send_bytes: SendBytes
+    ) -> AttendantCall | None:
+        """Greet (from the cache) and start the call's actor; None when the actor cannot be started
+        (the call is then only transcribed)."""
+        self.ensure_warm()
+        call = AttendantCall(self, start, send_text, send_bytes)
+        try:
+            await call.begin()
+        except Exception:
+            _LOG.exception("call %s: the attendant could not start", start.call_id)
+            await call.cancel()
+            return None
+        return call
+
+
+class AttendantCall:
+    """One attendant call on the ingress (see the module docstring)."""
+
+    def __init__(
+        self, runtime: AgentRuntime, start: StartMessage, send_text: SendText, send_bytes: SendBytes
+    ) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        key, extension = self.config.extension(start.callee)
+        self.extension_key = key
+        self.language = self.config.language_for(start.language, extension)
+        self.greeting_text = self.config.greeting_text(extension, self.language)
+        # the STT hears the call in the attendant's language (not "auto")
+        self.start = start.model_copy(update={"language": self.language})
+        self._send_text, self._send_bytes = send_text, send_bytes
+        self._actor: Any = None
+        self._pump: asyncio.Task[None] | None = None
+        self._seq = 0
+        self._media = 0
+        self._caller_utterances = 0
+        self.first_audio_s: float | None = None  # start message → greeting audio sent
+        self._t0 = time.monotonic()
+        self._closed = False
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    async def begin(self) -> None:
+        self._actor = (
+            self.runtime.actor_class()
+            .options(num_cpus=self.config.actor_num_cpus, max_restarts=0)
+            .remote(self.start.to_json(), self.config.model_dump())
+        )
+        self.runtime.active += 1
+        outputs = self._actor.run.options(num_returns="streaming").remote()
+        self._pump = asyncio.create_task(
+            self._pump_outputs(outputs), name=f"attendant-pump-{self.start.call_id}"
+        )
+        if self.start.resume:
+            return  # a reconnection: the caller was greeted already
+        try:
+            greeting = await self.runtime.greetings.get(self.extension_key, self.language, self.greeting_text)
+        except Exception as exc:
+            _LOG.warning(
+                "call %s: no cached greeting (%r); the attendant synthesizes it", self.start.call_id, exc
+            )
+            self._actor.greet.remote()
+            return
+        sent_at = time.time()
+        await self._send_text(
+            PlayAction(leg="caller", text=greeting.text, id=f"{self.start.call_id}:greeting").to_json()
+        )
+        await self._send_audio(greeting.pcm)
+        self.first_audio_s = time.monotonic() - self._t0
+        self._actor.greeted.remote(greeting.text, greeting.seconds, sent_at)
+        _LOG.info("call %s: greeting out %.0f ms after start", self.start.call_id, 1000 * self.first_audio_s)
+
+    async def finish(self, reason: str = "caller_hangup") -> None:
+        """The edge sent ``end``: the summary goes out, then the actor is killed."""
+        if self._closed:
+            return
+        try:
+            async with asyncio.timeout(_FINISH_TIMEOUT_S):
+                await self._actor.finish.remote(reason)
+                if self._pump is not None:
+                    await self._pump
+        except Exception as exc:
+            _LOG.warning("call %s: attendant did not finish cleanly: %r", self.start.call_id, exc)
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        """The socket is gone (or the call ended): stop the pump, kill the actor."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._actor is not None:
+            self.runtime.active -= 1
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
+        if self._actor is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(self._actor, no_restart=True)
+
+    # ------------------------------------------------------------------------------------ inputs
+
+    def tap(self, send: SendText) -> SendText:
+        """``send`` for the call's transcripts that also hands the caller's finals to the attendant."""
+
+        async def tapped(text: str) -> None:
+            await send(text)
+            if '"caller"' not in text or self._closed:
+                return
+            if text.startswith('{"type":"transcript",'):
+                event = TranscriptEvent.model_validate_json(text)
+                if event.final and event.leg == "caller":
+                    self._actor.heard.remote(event.text, event.confidence)
+            elif text.startswith('{"type":"transcript_gap",'):
+                gap = TranscriptGap.model_validate_json(text)
+                if gap.leg == "caller" and gap.reason == "stt_failed":
+                    self._actor.gap.remote()
+
+        return tapped
+
+    def frames_fed(self, call: CallStream) -> None:
+        """After each batch: a new caller utterance opened by the VAD is speech starting."""
+        cutter = call.cutters["caller"]
+        if cutter.utterances != self._caller_utterances:
+            self._caller_utterances = cutter.utterances
+            if cutter.open_number is not None and not self._closed:
+                self._actor.speech_started.remote()
+
+    # ----------------------------------------------------------------------------------- outputs
+
+    async def _pump_outputs(self, outputs: Any) -> None:
+        try:
+            async for ref in outputs:
+                item: WireItem = await ref
+                kind, payload = item
+                if kind == "json":
+                    await self._send_text(payload)
+                else:
+                    await self._send_audio(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the actor died: transcription goes on without the attendant
+            _LOG.warning("call %s: attendant output stream failed: %r", self.start.call_id, exc)
+
+    async def _send_audio(self, pcm: bytes) -> None:
+        """PCM for the caller leg in messages of at most ``audio_message_s``."""
+        step = max(2, int(self.config.audio_message_s * SAMPLE_RATE) * 2)
+        for offset in range(0, len(pcm), step):
+            chunk = pcm[offset : offset + step]
+            await self._send_bytes(encode_frame(Leg.CALLER, self._seq, self._media, chunk))
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            self._media += len(chunk) // 2
