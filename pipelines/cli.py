@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--to", dest="until", type=_day, help="last day, included (default: the store's last)")
     ev.add_argument("--gold", help="gold facts JSONL (default: gold_facts.jsonl in the store)")
     ev.add_argument("--json", action="store_true", help="print the full report as JSON")
-    ev.add_argument("--alpha", type=_alpha, default=0.5, help="retriever hybrid_alpha (1: dense only)")
+    ev.add_argument("--alpha", type=_alpha, default=0.9, help="retriever hybrid_alpha (1: dense only)")
     ev.add_argument("--rerank", action="store_true", help="retriever re-ranking on")
     ev.add_argument("--depth", type=_depth, default=10, metavar="N", help="hits looked at for MRR (3-100)")
     ev.set_defaults(func=_eval)

@@ -260,7 +260,7 @@ class EvalReport:
     knowledge_items: int  # points in the knowledge base (any range)
     rule: MatchRule = field(default_factory=MatchRule)
     depth: int = 10
-    hybrid_alpha: float = 0.5
+    hybrid_alpha: float = 0.9
     rerank: bool = False
     rows: dict[str, LanguageScores] = field(
         default_factory=lambda: {k: LanguageScores(k) for k in ("en", "ko", "all")}
@@ -430,7 +430,7 @@ def evaluate(
     *,
     rule: MatchRule | None = None,
     depth: int = 10,
-    hybrid_alpha: float = 0.5,
+    hybrid_alpha: float = 0.9,
     rerank: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> EvalReport:

@@ -11,7 +11,14 @@ The customer's leg (the caller by default) asks, the other leg answers. Walking 
 - a customer turn before any answer adds to the question (it is often the reply to a clarifying
   question: ``How much is a cleaning?`` / ``For adults?`` / ``Adults.``); after an answer has started,
   a new question or any substantive customer statement closes the exchange, a backchannel does not;
-- questions the agent asks never open an exchange; exchanges without an answer are dropped.
+- questions the agent asks never open an exchange; exchanges without an answer are dropped;
+- a customer turn that starts before the agent's answering turn ended cut the agent off: that turn's
+  sentences are dropped (a fragment is not an answer; agents repeat what was cut);
+- a request to repeat (``can you say that again?``, ``다시 한 번만요``) neither opens nor closes an
+  exchange: the answer that follows (the repetition) replaces what was said before it;
+- a bare confirmation (``yes, exactly``, ``네 맞아요``) before any answer is the reply to the agent's
+  clarifying question and adds nothing to the question. Clarifying questions are recognised without
+  their question mark too (``just to make sure, you're asking about ...``, ``~말씀이신가요``).
 
 Questions are found without relying on punctuation, which speech-to-text output often lacks: a
 question mark, a wh-word or an auxiliary first (EN), ``can you tell me``-style requests, interrogative
@@ -30,8 +37,10 @@ from .models import CallRecord, Exchange, Language, Leg, Turn
 __all__ = [
     "detect_language",
     "is_backchannel",
+    "is_confirmation",
     "is_polar_answer",
     "is_question",
+    "is_repeat_request",
     "is_small_talk",
     "segment_exchanges",
     "split_sentences",
@@ -180,7 +189,7 @@ def is_question(sentence: str, language: Language | None = None, *, strict: bool
     s = strip_fillers(sentence)
     if not s or is_small_talk(s):
         return False
-    if s.rstrip().endswith(("?", "\uff1f")):
+    if s.rstrip().endswith(("?", "\uff1f")) or _CLARIFYING.search(s) or _CLARIFYING.search(sentence):
         return True
     request = not strict and bool(_EN_REQUEST.search(sentence) or _EN_REQUEST.search(s))
     if language != "ko" and (_EN_QUESTION.search(s) or request):
@@ -191,6 +200,35 @@ def is_question(sentence: str, language: Language | None = None, *, strict: bool
         if not strict and (_KO_REQUEST.search(s) or (_KO_WH.search(s) and _KO_CLOSE.search(s))):
             return True
     return False
+
+
+_REPEAT_REQUEST = re.compile(
+    r"\b(?:say (?:that|it) again|repeat (?:that|it|yourself)|come again"
+    r"|(?:didn't|did not|couldn't) (?:catch|hear)|you (?:cut|broke) (?:out|up)|pardon(?: me)?\s*[?.!]*$"
+    r"|what was that|one more time)\b"
+    r"|다시\s?(?:한\s?번|말씀|얘기|말해)|뭐라고\s?(?:하셨|하셨어요|하셨죠|요)|(?:잘\s?)?못\s?들었|안\s?들려|끊겨서",
+    re.IGNORECASE,
+)
+_CLARIFYING = re.compile(
+    r"^(?:just )?to (?:make sure|confirm|clarify)\b|\byou(?:'re| are) asking (?:about|if|whether)\b"
+    r"|\b(?:do|did) you mean\b|(?:말씀|문의|얘기)(?:이|하)?신가요|말씀하시는\s?(?:거|건)",
+    re.IGNORECASE,
+)
+_CONFIRMATION = re.compile(
+    r"^(?:(?:yes|yeah|yep|right|exactly|correct|that's (?:it|right|correct)|네+|예|맞아요|맞습니다|그거요"
+    r"|그거|그렇습니다)[\s,.!]*)+$",
+    re.IGNORECASE,
+)
+
+
+def is_repeat_request(text: str) -> bool:
+    """The customer asks to hear it again (``sorry, can you say that again?``, ``뭐라고 하셨죠?``)."""
+    return bool(_REPEAT_REQUEST.search(strip_fillers(text)) or _REPEAT_REQUEST.search(text))
+
+
+def is_confirmation(text: str) -> bool:
+    """A bare yes to a clarifying question (``Yes, exactly.``, ``네 그거요.``)."""
+    return bool(_CONFIRMATION.match(text.strip()))
 
 
 def is_polar_answer(text: str) -> bool:
@@ -209,6 +247,7 @@ class _Open:
     answer: list[str] = field(default_factory=list)
     weak: list[str] = field(default_factory=list)  # bare yes/no turns, used when nothing else answers
     answer_end: float = 0.0
+    last_turn_at: int = 0  # len(answer) before the agent's latest answering turn (to drop it if cut)
 
 
 def _question_part(sentences: Sequence[str], language: Language) -> list[str]:
@@ -271,6 +310,15 @@ def segment_exchanges(
             continue
         sentences = split_sentences(text)
         if turn.leg == customer_leg:
+            if current is not None and current.answer and turn.start < current.answer_end:
+                del current.answer[current.last_turn_at :]  # the customer cut that turn off
+            if is_repeat_request(text):
+                if current is not None:
+                    current.answer.clear()  # what follows is the answer, said again
+                    current.weak.clear()
+                continue
+            if current is not None and not current.answer and is_confirmation(text):
+                continue  # "yes, exactly": the reply to a clarifying question
             asked = _question_part(sentences, lang)
             if asked:
                 if current is not None and not current.answer and not current.weak:
@@ -297,6 +345,7 @@ def segment_exchanges(
             continue
         stated = _answer_part(sentences, lang)
         if stated:
+            current.last_turn_at = len(current.answer)
             current.answer.extend(stated)
             current.answer_end = max(current.answer_end, turn.end)
     close()

@@ -42,7 +42,7 @@ class RetrieverOptions(BaseModel):
     embeddings: EmbeddingOptions = Field(default_factory=EmbeddingOptions)
     engine: Engine = "auto"
     k: int = Field(5, ge=1, le=100)  # defaults of search()
-    hybrid_alpha: float = Field(0.5, ge=0, le=1)
+    hybrid_alpha: float = Field(0.9, ge=0, le=1)  # bench: pipeline eval (keyword ranks as a tie-break)
     rerank: bool = False
     review_status: list[str] | None = None  # e.g. ["approved"] to serve reviewed knowledge only
     candidates: int = Field(50, ge=1)

@@ -15,7 +15,11 @@ review status):
    fusion here;
 4. ``rerank=True``: a cheap cross-score in place of a cross-encoder over the best ``4 k`` fused:
    ``cosine(query, point) + overlap_weight * overlap``, overlap being the share of the query's
-   keyword tokens found in the point's question and answer.
+   keyword tokens found in the point's question and answer;
+5. ``distinct=True`` (the default): one hit per answer. The knowledge base keeps differently worded
+   questions with the same answer as separate items (their question+answer vectors are too far apart
+   to merge), so without this a top 3 can be one answer three times; a hit whose answer shares
+   ``distinct_overlap`` of its keyword tokens (Jaccard) with a better hit's answer is left out.
 
 Engines: ``"numpy"`` answers from :class:`~ai_serve.retrieval.local_index.LocalIndex` mirrors (local
 mode: qdrant-client's local search is a Python scan, see there), ``"qdrant"`` queries Qdrant (a
@@ -83,6 +87,7 @@ class Retriever:
         candidates: int = 50,
         rrf_k: int = 60,
         overlap_weight: float = 0.2,
+        distinct_overlap: float = 0.6,
     ) -> None:
         if embedder.dim != kb.config.dim:
             raise ValueError(f"embedder dim {embedder.dim} != knowledge base dim {kb.config.dim}")
@@ -96,6 +101,7 @@ class Retriever:
         self.candidates = candidates
         self.rrf_k = rrf_k
         self.overlap_weight = overlap_weight
+        self.distinct_overlap = distinct_overlap
         self._indexes: dict[str, LocalIndex] = {}
         self._indexed_version = -1
         self._lock = threading.Lock()
@@ -108,8 +114,9 @@ class Retriever:
         language: str | None = None,
         business_unit: str | None = None,
         review_status: str | Sequence[str] | None = None,
-        hybrid_alpha: float = 0.5,
+        hybrid_alpha: float = 0.9,
         rerank: bool = False,
+        distinct: bool = True,
         now: float | None = None,
     ) -> list[Hit]:
         """The ``k`` best items for ``query`` (``now``: search the months up to it, else the newest)."""
@@ -118,7 +125,8 @@ class Retriever:
         vector = self.embedder.embed([query], "query")[0]
         return self.search_vector(
             query, vector, k=k, language=language, business_unit=business_unit,
-            review_status=review_status, hybrid_alpha=hybrid_alpha, rerank=rerank, now=now,
+            review_status=review_status, hybrid_alpha=hybrid_alpha, rerank=rerank, distinct=distinct,
+            now=now,
         )  # fmt: skip
 
     def search_vector(
@@ -130,8 +138,9 @@ class Retriever:
         language: str | None = None,
         business_unit: str | None = None,
         review_status: str | Sequence[str] | None = None,
-        hybrid_alpha: float = 0.5,
+        hybrid_alpha: float = 0.9,
         rerank: bool = False,
+        distinct: bool = True,
         now: float | None = None,
     ) -> list[Hit]:
         """:meth:`search` with the query already embedded (``vector``: its unit query vector)."""
@@ -172,6 +181,8 @@ class Retriever:
         fused = self._fuse(dense_rows, sparse_rows, hybrid_alpha, limit)
         if rerank:
             fused = self._rerank(query, q, fused[: 4 * k])
+        if distinct:
+            fused = self._distinct(fused, k)
         return [
             Hit(
                 score=c.fused,
@@ -228,6 +239,23 @@ class Retriever:
                     c.sparse, c.rank_sparse = row.score, rank
                 c.fused += weight / (self.rrf_k + rank)
         return sorted(found.values(), key=lambda c: (-c.fused, c.row.id))
+
+    def _distinct(self, candidates: list[_Candidate], k: int) -> list[_Candidate]:
+        """The first ``k`` candidates with different answers (see the module docstring, 5.)."""
+        kept: list[_Candidate] = []
+        answers: list[set[str]] = []
+        for c in candidates:
+            tokens = set(tokenize(c.row.payload.get("answer", "")))
+            if any(
+                len(tokens & other) / max(len(tokens | other), 1) >= self.distinct_overlap
+                for other in answers
+            ):
+                continue
+            kept.append(c)
+            answers.append(tokens)
+            if len(kept) == k:
+                break
+        return kept
 
     def _rerank(
         self, query: str, q: npt.NDArray[np.float32], candidates: list[_Candidate]

@@ -142,13 +142,14 @@ def test_hybrid_beats_dense_only_on_a_keyword_query() -> None:
     kb.upsert(items, np.stack([*noise, target]), near_duplicates=False)
     r = Retriever(kb, HashEmbedder())
     target_id = kb.upsert(items[-1:], target[None]).ids[0]
-    dense_only = r.search_vector("router error XR7702", query, k=3, hybrid_alpha=1.0)
+    # distinct=False: the six generic answers are alike, and one hit per answer would leave 2 hits
+    dense_only = r.search_vector("router error XR7702", query, k=3, hybrid_alpha=1.0, distinct=False)
     assert target_id not in [h.id for h in dense_only]
-    hybrid = r.search_vector("router error XR7702", query, k=3, hybrid_alpha=0.5)
+    hybrid = r.search_vector("router error XR7702", query, k=3, hybrid_alpha=0.5, distinct=False)
     assert hybrid[0].id == target_id
     assert hybrid[0].sparse_score is not None and hybrid[0].sparse_score > 0
     # the cheap re-rank: cosine + 0.2 * share of query tokens present, recomputed here
-    reranked = r.search_vector("router error XR7702", query, k=3, rerank=True)
+    reranked = r.search_vector("router error XR7702", query, k=3, rerank=True, distinct=False)
     tokens = set(tokenize("router error XR7702"))
     for h in reranked:
         doc = set(tokenize(f"{h.question} {h.answer}"))
@@ -157,6 +158,25 @@ def test_hybrid_beats_dense_only_on_a_keyword_query() -> None:
             float(vector @ query) + 0.2 * len(tokens & doc) / len(tokens), abs=1e-4
         )
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+
+
+def test_distinct_keeps_one_hit_per_answer() -> None:
+    kb = KnowledgeBase(KnowledgeBaseConfig(dim=DIM))
+    emb = HashEmbedder()
+    same = "We open at 9 am on Saturdays and close at 1 pm."
+    items = [
+        qa("What time do you open on Saturday?", same, ts(2024, 5), call="c1"),
+        qa("When are you open on Saturday?", same, ts(2024, 5), call="c2"),
+        qa("Saturday opening time please?", "On Saturdays we open at 9 am, and close at 1 pm.", ts(2024, 5)),
+        qa("Are you open on Sunday?", "We are closed on Sundays.", ts(2024, 5)),
+    ]
+    add(kb, items, emb)
+    r = Retriever(kb, emb)
+    every = r.search("open saturday time", k=4, distinct=False)
+    assert len(every) == 4
+    one_each = r.search("open saturday time", k=4)
+    assert [h.answer for h in one_each] == [every[0].answer, "We are closed on Sundays."]
+    assert one_each[0].id == every[0].id  # the best-scored of the alike answers is the one kept
 
 
 def test_new_writes_are_searched() -> None:

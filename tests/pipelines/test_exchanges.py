@@ -223,3 +223,50 @@ def test_backchannels_small_talk_fillers_and_sentences() -> None:
         "Yes",
     ]
     assert split_sentences("네 9시에 열어요") == ["네 9시에 열어요"]
+
+
+def test_a_cut_off_answer_is_dropped_and_the_repetition_kept() -> None:
+    turns = (
+        Turn(leg="caller", text="How long until I get my lab results?", start=0.0, end=2.0),
+        Turn(leg="callee", text="Blood results are usually", start=2.5, end=4.5),
+        Turn(leg="caller", text="Hold on, sorry, can you say that again?", start=3.8, end=5.5),  # talks over
+        Turn(
+            leg="callee", text="Of course. Blood results are usually ready in two days.", start=6.0, end=9.0
+        ),
+        Turn(leg="caller", text="Is parking free?", start=10.0, end=11.0),
+        Turn(leg="callee", text="Parking is free for patients.", start=11.5, end=13.0),
+    )
+    call = CallRecord(call_id="c9", day="2025-01-02", answered_at=1.0, turns=turns)
+    assert qa(call) == [
+        ("How long until I get my lab results?", "Of course. Blood results are usually ready in two days."),
+        ("Is parking free?", "Parking is free for patients."),
+    ]
+
+
+def test_repeat_request_without_overlap_and_in_korean() -> None:
+    call = make_call(
+        ("caller", "주차 되나요?"),
+        ("callee", "네 주차는 두 시간 무료입니다."),
+        ("caller", "네? 죄송한데 다시 한 번만요."),
+        ("callee", "주차는 두 시간까지 무료입니다."),
+    )
+    assert qa(call) == [("주차 되나요?", "주차는 두 시간까지 무료입니다.")]
+
+
+def test_clarifying_check_without_question_mark_and_its_confirmation() -> None:
+    call = make_call(
+        ("caller", "when does a new driver get covered"),
+        ("callee", "just to make sure you're asking about adding a driver"),
+        ("caller", "yes exactly"),
+        ("callee", "a new driver is covered from midnight after you add them"),
+    )
+    assert qa(call) == [
+        ("when does a new driver get covered?", "a new driver is covered from midnight after you add them.")
+    ]
+    korean = make_call(
+        ("caller", "무료 견인 몇 번 돼요?"),
+        ("callee", "긴급출동 문의 말씀이신가요"),
+        ("caller", "네 맞아요."),
+        ("callee", "긴급출동은 연 6회까지 무료입니다."),
+    )
+    assert qa(korean) == [("무료 견인 몇 번 돼요?", "긴급출동은 연 6회까지 무료입니다.")]
