@@ -40,6 +40,8 @@ class EdgeNode:
             self.media = RelayMedia(config.media, engine, time.monotonic, self._media_inactive)
         self.core = EdgeCore(config, local, media=self.media)
         self.ops = Operations(self)
+        if config.ai.enabled:
+            self.core.attendant = self.ops.ai  # the AI attendant answers calls for the triggers set
         self.started = False
         self._watcher: asyncio.Task[None] | None = None
         self.udp: UdpProtocol | None = None
@@ -123,6 +125,12 @@ class EdgeNode:
         ended = self.core.hangup(call_id, reason, self._now())
         self._flush()
         return ended
+
+    def transfer(self, call_id: str, target: str) -> bool:
+        """Connect a call the AI attendant answered to ``target`` (the AI's transfer action)."""
+        started = self.core.transfer(call_id, target, self._now())
+        self._flush()
+        return started
 
     # --- core <-> sockets ------------------------------------------------------------------------
     def monotonic(self) -> float:

@@ -2,7 +2,8 @@
 # Set up (if needed), then run the product on this machine:
 #   1. a local Ray cluster with the AI layer (`serve run ray_config.yaml`: live transcription on
 #      ws://127.0.0.1:8000/v1/calls/{call_id}/stream), unless SMARTPBX_AI=0;
-#   2. one edge node with config/edge.yaml, streaming answered calls to it (ai.enabled).
+#   2. one edge node with config/edge.yaml, streaming answered calls to it (ai.enabled); calls to
+#      1100-1400 that nobody answers reach the AI attendant (knowledge base built on the first run).
 # Extra arguments go to the edge. Ctrl-C stops both. Watch live transcripts from another terminal:
 #   .venv/bin/smartpbx watch            (uses data/local-admin-token, made here on first run)
 # or: curl -H "Authorization: Bearer $(cat data/local-admin-token)" http://127.0.0.1:8080/api/calls
@@ -19,6 +20,14 @@ stop_ai() {
     fi
 }
 trap stop_ai EXIT
+
+if [ "${SMARTPBX_AI:-1}" != "0" ] && [ "${SMARTPBX_SAMPLE_KB:-1}" != "0" ] && [ ! -d data/knowledge/qdrant ]; then
+    # The attendant answers from the knowledge base: on the first run, build it from the seeded sample
+    # call store (4 fictional businesses on extensions 1100-1400; SMARTPBX_SAMPLE_KB=0 skips this).
+    printf '\n==> first run: sample call store and its knowledge base (Ray Data job, ~1 min)\n'
+    .venv/bin/smartpbx pipeline sample data/sample-store
+    .venv/bin/smartpbx pipeline extract --store data/sample-store --from 2025-06-02 --to 2025-06-08
+fi
 
 if [ "${SMARTPBX_AI:-1}" != "0" ]; then
     printf '\n==> starting the AI layer (local Ray cluster + Serve app, ~15 s; log: data/serve.log)\n'

@@ -58,6 +58,7 @@ from .protocol import (
     MAX_MESSAGE_BYTES,
     SAMPLE_RATE,
     ActionMessage,
+    AgentEvent,
     AudioFrame,
     ControlMessage,
     EndMessage,
@@ -88,7 +89,7 @@ log = logging.getLogger("pbx_edge.ai_link")
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 TranscriptCallback = Callable[[TranscriptEvent | TranscriptGap], object]
-ActionCallback = Callable[["ActionMessage | InjectAudio"], object]
+ActionCallback = Callable[["ActionMessage | AgentEvent | InjectAudio"], object]
 FinishedCallback = Callable[["CallStream"], object]
 WebSocket = aiohttp.ClientWebSocketResponse
 
@@ -109,6 +110,7 @@ class CallMeta:
     codec: str | None = None
     language: Language | None = None
     mode: Mode | None = None
+    trigger: str | None = None  # attendant mode: why the AI answers (no_answer, busy, ...)
 
     @classmethod
     def from_event(cls, event: Event) -> CallMeta:
@@ -426,6 +428,7 @@ class CallStream:
             mode=self.meta.mode or config.mode_for(self.meta.callee),
             resume=resume,
             last_seq=self.last_seq() if resume else {},
+            trigger=self.meta.trigger,
         )
         if not await self._send_parts(ws, [_Part(start.to_json())]):
             await _close_quietly(ws)
@@ -468,7 +471,7 @@ class CallStream:
             self._stats.transcripts += 1
             assert self._on_transcript is not None
             self._call(self._on_transcript, message)
-        else:
+        else:  # actions, and agent events (the bridge publishes those as call events)
             self._stats.actions += 1
             assert self._on_action is not None
             self._call(self._on_action, message)

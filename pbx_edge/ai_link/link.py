@@ -73,6 +73,10 @@ class AiLink:
         self._started = 0
         self._shed = 0
 
+    def has_room(self) -> bool:
+        """Whether a new call would be admitted now (enabled, a slot free); counts nothing."""
+        return self.config.enabled and len(self._admitted) < self.config.max_streams
+
     def admit(self, call_id: str) -> bool:
         """Reserve a stream slot for ``call_id``; False (counted as shed) when disabled or full.
 

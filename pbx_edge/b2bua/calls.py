@@ -36,8 +36,9 @@ from pbx_edge.b2bua.messages import (
     copy_headers,
     relayed_response,
 )
-from pbx_edge.b2bua.no_answer import NoAnswerPolicy
+from pbx_edge.b2bua.no_answer import AnswerWithAi, NoAnswerPolicy
 from pbx_edge.b2bua.routing import Router
+from pbx_edge.b2bua.triggers import Trigger
 from pbx_edge.media.dtmf import parse_info_dtmf
 from pbx_edge.media.interface import MediaManager, MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.ops.config import EdgeConfig
@@ -111,6 +112,19 @@ class CallFlows:
     def end_call(self, call: Call, reason: EndReason, now: float, status: int | None = None) -> None:
         raise NotImplementedError
 
+    # the AI attendant (pbx_edge/b2bua/attendant.py)
+    def invite_trigger(self, user: str, routable: bool, known: bool) -> Trigger | None:
+        raise NotImplementedError
+
+    def answer_with_ai(self, call: Call, trigger: Trigger, now: float) -> bool:
+        raise NotImplementedError
+
+    def busy_to_ai(self, call: Call, status: int, now: float) -> bool:
+        raise NotImplementedError
+
+    def on_transfer_timer(self, call: Call, now: float) -> None:
+        raise NotImplementedError
+
     def _reply(
         self,
         tx: ServerTransaction,
@@ -138,43 +152,30 @@ class CallFlows:
             self._reject(tx, 503, "Service Unavailable", now, retry_after=5)
             return
         ruri = req.request_uri
+        user = ruri.user_unescaped or ""
         targets = self.router.resolve(ruri, now)
-        if not targets:
-            known = self.router.extension_config(ruri.user_unescaped or "") is not None
+        known = self.router.extension_config(user) is not None
+        trigger = self.invite_trigger(user, bool(targets), known)  # the AI attendant answers at once
+        if not targets and trigger is None:
             if known:  # a configured extension that is not registered right now
                 self._reject(tx, 480, "Temporarily Unavailable", now)
             else:
                 self._reject(tx, 404, "Not Found", now)
             return
-        target = targets[0]
-        call_id = new_tag()
-        try:
-            media = self.media.open_session(call_id)
-        except MediaUnavailable as exc:
-            self._reject(tx, 503, "Service Unavailable", now, retry_after=exc.retry_after)
+        target = targets[0] if targets else None
+        opened = self._open_call(req, source, tx, target.source if target else "attendant", now)
+        if opened is None:
             return
-        body = b""
-        if is_sdp(req):
-            try:
-                body = media.rewrite(Side.CALLER, SdpKind.OFFER, req.body)
-            except SdpRejected as exc:
-                media.close()
-                self._reject(tx, exc.status, exc.reason, now)
+        call, body = opened
+        if trigger is not None:
+            self.emit("call.started", call)
+            if self.answer_with_ai(call, trigger, now):
                 return
-        local_tag = new_tag()
-        a_leg = Leg(Side.CALLER, Dialog.as_uas(req, local_tag), source.transport, source)
-        call = Call(
-            id=call_id,
-            a=a_leg,
-            caller=caller_identity(req),
-            callee=ruri.user_unescaped or ruri.host,
-            a_invite_tx=tx,
-            media=media,
-            created_at=now,
-            route_source=target.source,
-        )
-        tx.owner = call
-        self.register_call(call)
+            if target is None:  # what an unregistered extension gets without the attendant
+                self._fail_caller(call, 480, "Temporarily Unavailable", now)
+                self.end_call(call, EndReason.REJECTED, now, status=480)
+                return
+        assert target is not None  # away / after hours without an AI to answer: ring as usual
         transport = target.dest.transport
         invite = callee_invite(
             req,
@@ -194,7 +195,43 @@ class CallFlows:
         if extension is not None and extension.no_answer_timeout is not None:
             timeout = extension.no_answer_timeout
         self.timers.schedule((call.id, "no_answer", 0), now + timeout)
-        self.emit("call.started", call)
+        if trigger is None:
+            self.emit("call.started", call)
+
+    def _open_call(
+        self, req: Request, source: Endpoint, tx: ServerTransaction, route_source: str, now: float
+    ) -> tuple[Call, bytes] | None:
+        """A new call with its media, the caller's offer given to it; None when refused (answered)."""
+        call_id = new_tag()
+        try:
+            media = self.media.open_session(call_id)
+        except MediaUnavailable as exc:
+            self._reject(tx, 503, "Service Unavailable", now, retry_after=exc.retry_after)
+            return None
+        body = b""
+        if is_sdp(req):
+            try:
+                body = media.rewrite(Side.CALLER, SdpKind.OFFER, req.body)
+            except SdpRejected as exc:
+                media.close()
+                self._reject(tx, exc.status, exc.reason, now)
+                return None
+        ruri = req.request_uri
+        local_tag = new_tag()
+        a_leg = Leg(Side.CALLER, Dialog.as_uas(req, local_tag), source.transport, source)
+        call = Call(
+            id=call_id,
+            a=a_leg,
+            caller=caller_identity(req),
+            callee=ruri.user_unescaped or ruri.host,
+            a_invite_tx=tx,
+            media=media,
+            created_at=now,
+            route_source=route_source,
+        )
+        tx.owner = call
+        self.register_call(call)
+        return call, body
 
     def _reject(
         self, tx: ServerTransaction, status: int, reason: str, now: float, retry_after: int | None = None
@@ -240,6 +277,8 @@ class CallFlows:
             self._on_callee_answer(call, b, resp, now)
         elif call.a_final_sent:
             self.end_call(call, call.end_reason or EndReason.REJECTED, now)
+        elif self.busy_to_ai(call, status, now):
+            return  # the AI attendant answered the caller instead
         else:
             out = relayed_response(
                 call.a_invite_tx.request, resp, to_tag=call.a.dialog.local_tag, contact=None, body=b""
@@ -418,12 +457,18 @@ class CallFlows:
             self._on_no_answer(call, now)
         elif kind == "rel1xx":
             self._retransmit_reliable(call, number, now)
+        elif kind == "transfer":
+            self.on_transfer_timer(call, now)
 
     def _on_no_answer(self, call: Call, now: float) -> None:
         if call.state not in (CallState.TRYING, CallState.EARLY) or call.a_final_sent:
             return
         extension = self.router.extension_config(call.callee)
         outcome = self.no_answer.on_no_answer(call, extension.no_answer_action if extension else None)
+        if isinstance(outcome, AnswerWithAi):
+            if self.answer_with_ai(call, outcome.trigger, now):
+                return
+            outcome = outcome.fallback
         self._fail_caller(call, outcome.status, outcome.reason, now)
         self._abandon_callee(call, EndReason.NO_ANSWER, now)
 

@@ -22,14 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pbx_edge.b2bua.attendant import AttendantBackend, AttendedCall
+from pbx_edge.b2bua.away import AwayTable
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
-from pbx_edge.b2bua.calls import ACCEPT, ALLOW, CallFlows
+from pbx_edge.b2bua.calls import ACCEPT, ALLOW
 from pbx_edge.b2bua.location import Binding, LocationTable
 from pbx_edge.b2bua.messages import contact_header, via_header
-from pbx_edge.b2bua.no_answer import NoAnswerPolicy, RejectOnNoAnswer
+from pbx_edge.b2bua.no_answer import AiOnNoAnswer, NoAnswerPolicy
 from pbx_edge.b2bua.options_ping import OptionsPinger
 from pbx_edge.b2bua.registrar import Registrar
 from pbx_edge.b2bua.routing import Router
+from pbx_edge.b2bua.transfer import TransferFlows, TransferInvite
+from pbx_edge.b2bua.triggers import TriggerPolicy
 from pbx_edge.media.interface import MediaManager, PassThroughMedia, Side
 from pbx_edge.ops.config import EdgeConfig
 from pbx_edge.ops.ratelimit import InviteRateLimiter, Verdict
@@ -66,7 +70,7 @@ class LocalAddress:
     port: int
 
 
-class EdgeCore(CallFlows):
+class EdgeCore(TransferFlows):
     def __init__(
         self,
         config: EdgeConfig,
@@ -74,6 +78,7 @@ class EdgeCore(CallFlows):
         media: MediaManager | None = None,
         no_answer: NoAnswerPolicy | None = None,
         wall_clock: Callable[[], float] = time.time,
+        attendant: AttendantBackend | None = None,
     ) -> None:
         if not local:
             raise ValueError("at least one local transport address is required")
@@ -88,7 +93,14 @@ class EdgeCore(CallFlows):
         self.router = Router(self.location, config.routing, config.sip.domain)
         self.pinger = OptionsPinger(self.location, config.sip.options_ping)
         self.media: MediaManager = media or PassThroughMedia()
-        self.no_answer: NoAnswerPolicy = no_answer or RejectOnNoAnswer(config.calls.no_answer_action)
+        self.triggers = TriggerPolicy(config.calls, self.router.extension_config)
+        self.no_answer: NoAnswerPolicy = no_answer or AiOnNoAnswer(
+            config.calls.no_answer_action, self.triggers
+        )
+        self.attendant = attendant  # the AI side; None: calls are never handed to the AI attendant
+        self.attended: dict[str, AttendedCall] = {}  # calls the AI attendant answered, by our call id
+        self.away = AwayTable()
+        self.transfers: dict[str, TransferInvite] = {}  # attended calls being transferred
         self.calls: dict[str, Call] = {}  # by our call id
         self.by_call_id: dict[str, Call] = {}  # both legs' Call-IDs -> call
         self.timers: TimerHeap[tuple[str, str, int]] = TimerHeap()
@@ -105,6 +117,7 @@ class EdgeCore(CallFlows):
             "calls_total": 0,
             "calls_rejected": 0,
             "handler_errors": 0,
+            "calls_ai_answered": 0,
         }
         self.max_message_size = config.sip.max_message_size
         self.supported = frozenset(config.calls.supported_extensions)
@@ -405,6 +418,8 @@ class EdgeCore(CallFlows):
         try:
             self.emit("call.ended", call)  # listeners still see the media (AI streams end first)
         finally:
+            self.attended.pop(call.id, None)
+            self.forget_transfer(call, now)
             call.media.close()
             # Break the call <-> transaction cycles so the call is freed by reference counting as
             # soon as its transactions end: the edge runs with the cyclic GC mostly off (edge.py).

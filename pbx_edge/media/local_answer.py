@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pbx_edge.media.call_audio import ENGINE_SIDE, OTHER
 from pbx_edge.media.codecs import get_codec, opus_available
 from pbx_edge.media.interface import SdpRejected, Side
 from pbx_edge.media.payload_types import media_payload_types
-from pbx_edge.media.sdp import MediaSection, SdpLine, SessionDescription
+from pbx_edge.media.sdp import MediaSection, SdpLine, SessionDescription, rewrite_for_relay
 
 if TYPE_CHECKING:
     from pbx_edge.media.relay import RelaySession
 
-__all__ = ["answer_locally", "build_answer", "encodable"]
+__all__ = ["answer_locally", "build_answer", "encodable", "transfer_offer"]
 
 _versions = itertools.count(1)
 
@@ -78,9 +79,10 @@ def _refused(section: MediaSection) -> MediaSection:
     return MediaSection.from_lines([SdpLine("m", f"{section.media} 0 {section.proto} {fmt}")])
 
 
-def build_answer(offer: SessionDescription, address: str, port: int) -> SessionDescription:
-    """Our answer to ``offer``: its first active audio m-line on ``address``:``port``, the rest
-    refused. Raises :class:`SdpRejected` (488) when no audio stream offers a codec we encode."""
+def build_answer(offer: SessionDescription, address: str, ports: Sequence[int | None]) -> SessionDescription:
+    """Our answer to ``offer``: its first active audio m-line on ``address``:``ports[i]`` (i: the
+    m-line's index; None: the relay has no port there), the rest refused. Raises
+    :class:`SdpRejected` (488) when no audio stream offers a codec we encode."""
     ip = ipaddress.ip_address(address)
     addrtype = "IP4" if ip.version == 4 else "IP6"
     version = next(_versions)
@@ -93,8 +95,10 @@ def build_answer(offer: SessionDescription, address: str, port: int) -> SessionD
     )
     sections: list[MediaSection] = []
     accepted = False
-    for section in offer.media:
-        if not accepted and section.media == "audio" and section.port != 0 and section.proto.startswith("RTP/"):
+    for index, section in enumerate(offer.media):
+        port = ports[index] if index < len(ports) else None
+        usable = section.media == "audio" and section.port != 0 and section.proto.startswith("RTP/")
+        if not accepted and usable and port is not None:
             answered, accepted = _answer_section(section, port)
             sections.append(answered)
         else:
@@ -111,15 +115,32 @@ def answer_locally(session: RelaySession, offer_side: Side = Side.CALLER) -> byt
     if offer is None or session.closed:
         raise SdpRejected(f"no SDP offer from the {offer_side.value} to answer", 488)
     ports = session.ports
-    port = ports.caller_rtp if offer_side is Side.CALLER else ports.callee_rtp
-    answer = build_answer(offer, session.manager.address, port)
+    if offer_side is Side.CALLER:
+        relay_ports = [ports.caller_rtp, ports.caller_aux_rtp]
+    else:
+        relay_ports = [ports.callee_rtp, ports.callee_aux_rtp]
+    usable = [port if session.stream_ids[i] is not None else None for i, port in enumerate(relay_ports)]
+    answer = build_answer(offer, session.manager.address, usable)
     other = OTHER[offer_side]
-    stream_id = session.stream_ids[0]
-    if stream_id is not None:
-        session.manager.engine.set_remote(stream_id, ENGINE_SIDE[other], None, None)
+    for stream_id in session.stream_ids:
+        if stream_id is not None:
+            session.manager.engine.set_remote(stream_id, ENGINE_SIDE[other], None, None)
     session.sdp[other] = answer
     session.hold[other] = False
     session.answer_from = other
     session.idle_since = session.manager.clock()
     session.audio.apply()
     return bytes(answer)
+
+
+def transfer_offer(session: RelaySession) -> bytes:
+    """After :func:`answer_locally` for the caller: an offer for a new callee leg (a transfer
+    target) with what we answered the caller (its codec, telephone-event) on the relay's callee
+    side, so the relay forwards between the two without transcoding."""
+    ours = session.sdp.get(Side.CALLEE)
+    if ours is None or session.answer_from is not Side.CALLEE or session.closed:
+        raise SdpRejected("the caller was not answered by the edge: nothing to offer", 488)
+    ports = session.ports
+    relay_ports: list[int | None] = [ports.callee_rtp, ports.callee_aux_rtp, *([None] * len(ours.media))]
+    relay_ports = relay_ports[: len(ours.media)]
+    return bytes(rewrite_for_relay(ours, session.manager.address, relay_ports))

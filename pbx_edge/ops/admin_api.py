@@ -25,7 +25,7 @@ from importlib import metadata
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool, ValidationError
 
 from pbx_edge.ai_link.live import CallTranscript
 from pbx_edge.ops.auth import REALM, Principal, Role, TokenAuthenticator, bearer_token
@@ -97,6 +97,14 @@ class TranscriptSource(Protocol):
     """Call transcripts (``AiBridge`` in pbx_edge/ai_link/bridge.py): live, else stored, else None."""
 
     def transcript(self, call_id: str) -> CallTranscript | None: ...
+
+
+class AwaySource(Protocol):
+    """Extensions marked away (``AwayTable`` in pbx_edge/b2bua/away.py, the core's ``away``)."""
+
+    def set_away(self, extension: str, away: bool) -> None: ...
+
+    def is_away(self, extension: str) -> bool: ...
 
 
 class NoTranscripts:
@@ -186,6 +194,21 @@ class EventList(_Body):
     items: list[Event]
 
 
+class AwayStatus(_Body):
+    """Whether calls to ``extension`` count as away (the AI attendant's ``away`` trigger)."""
+
+    extension: str
+    away: bool
+
+
+class AwayUpdate(BaseModel):
+    """The body of ``PUT /api/extensions/{extension}/away``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    away: StrictBool
+
+
 # --- the pipeline ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AdminContext:
@@ -195,6 +218,7 @@ class AdminContext:
     auth: TokenAuthenticator
     openapi: dict[str, Any]
     transcripts: TranscriptSource
+    away: AwaySource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +408,43 @@ def list_events(ctx: AdminContext, req: ApiRequest) -> EventList:
     return EventList(items=ctx.events.recent(q.limit, name=q.name, call_id=q.call_id))
 
 
+def _away_source(ctx: AdminContext) -> AwaySource:
+    if ctx.away is None:
+        raise ProblemError(404, "this node keeps no away status (the B2BUA's away table is not wired in)")
+    return ctx.away
+
+
+def get_away(ctx: AdminContext, req: ApiRequest) -> AwayStatus:
+    extension = req.path["extension"]
+    return AwayStatus(extension=extension, away=_away_source(ctx).is_away(extension))
+
+
+async def put_away(ctx: AdminContext, req: ApiRequest) -> AwayStatus:
+    extension = req.path["extension"]
+    away = _away_source(ctx)
+    try:
+        update = AwayUpdate.model_validate_json(await req.request.read())
+    except ValidationError as exc:
+        errors = [
+            ParameterError(
+                parameter=".".join(str(p) for p in err["loc"]) or "(body)",
+                detail="unknown field" if err["type"] == "extra_forbidden" else err["msg"],
+            )
+            for err in exc.errors(include_url=False)
+        ]
+        detail = "; ".join(f"{e.parameter}: {e.detail}" for e in errors)
+        raise ProblemError(
+            400,
+            f'invalid body (expected {{"away": true|false}}): {detail}',
+            type=INVALID_PARAMETERS,
+            errors=errors,
+        ) from None
+    away.set_away(extension, update.away)
+    who = req.principal.name if req.principal else "?"
+    log.info("admin API: %s set extension %s away=%s", who, extension, update.away)
+    return AwayStatus(extension=extension, away=update.away)
+
+
 def openapi_json(ctx: AdminContext, req: ApiRequest) -> dict[str, Any]:
     return ctx.openapi
 
@@ -412,6 +473,13 @@ ROUTES: tuple[Route, ...] = (
           query=CdrFilter, response_schema={"type": "string"}, media_type="text/csv"),
     Route("GET", "/api/events", "listEvents", "The newest matching events, oldest first", list_events,
           query=EventsQuery, response=EventList),
+    Route("GET", "/api/extensions/{extension}/away", "getExtensionAway", "Whether an extension is away",
+          get_away, response=AwayStatus),
+    Route("PUT", "/api/extensions/{extension}/away", "setExtensionAway", "Mark an extension away or back",
+          put_away, role=Role.ADMIN, response=AwayStatus, problems=(400,),
+          description='Body: {"away": true} or {"away": false}. While away, new calls to the extension go '
+          "to the AI attendant at once when its 'away' trigger is 'ai' (else they ring as usual). "
+          "Kept in memory by the node."),
     Route("GET", "/api/openapi.json", "getOpenapi", "This document", openapi_json,
           response_schema={"type": "object"}),
 )  # fmt: skip
@@ -424,14 +492,32 @@ def _version() -> str:
         return "0+unknown"
 
 
+# JSON request bodies, by (method, path): Route has no field for them, so they are added to the
+# generated document here (the handler validates the body with the same model).
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("PUT", "/api/extensions/{extension}/away"): AwayUpdate,
+}
+
+
 def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
-    return build_openapi(
+    doc = build_openapi(
         routes,
         title="SmartPBX edge admin API",
         version=_version(),
         description="Live calls, media ports, registrations, CDRs and events of one edge node. "
         "Errors are RFC 9457 problem details.",
     )
+    for (method, path), model in REQUEST_BODIES.items():
+        operation = doc["paths"].get(path, {}).get(method.lower())
+        if operation is None:
+            continue
+        schema = model.model_json_schema(mode="validation")
+        doc["components"]["schemas"][model.__name__] = schema
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    return doc
 
 
 def make_admin_app(
@@ -440,6 +526,7 @@ def make_admin_app(
     cdr: CdrSource,
     config: AdminConfig,
     transcripts: TranscriptSource | None = None,
+    away: AwaySource | None = None,
 ) -> web.Application:
     auth = TokenAuthenticator(config.tokens)
     if not auth.configured:
@@ -448,7 +535,9 @@ def make_admin_app(
             "will answer 401"
         )
     app = web.Application(middlewares=[_problems])
-    app[CONTEXT] = AdminContext(node, events, cdr, auth, openapi_document(), transcripts or NoTranscripts())
+    app[CONTEXT] = AdminContext(
+        node, events, cdr, auth, openapi_document(), transcripts or NoTranscripts(), away
+    )
     for route in ROUTES:
         if route.method == "GET":
             app.router.add_get(route.path, _endpoint(route))  # and HEAD, which some probes use

@@ -101,6 +101,12 @@ class AiAnswerTriggers(_Strict):
     away: TriggerAction | None = None  # set with PUT /api/extensions/{ext}/away
     after_hours: TriggerAction | None = None  # outside ``business_hours``
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML 1.1 reads a bare ``off`` as false: take it as the ``off`` it was written as."""
+        return "off" if value is False else value
+
 
 class BusinessHours(_Strict):
     """Opening hours: per weekday a list of ``HH:MM-HH:MM`` ranges in ``timezone`` (end exclusive,
@@ -115,7 +121,9 @@ class BusinessHours(_Strict):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Paris')") from None
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as 'Europe/Paris')"
+            ) from None
         return value
 
     @field_validator("hours")

@@ -95,7 +95,7 @@ class Operations:
         await self.cdr.start()
         await self.webhooks.start(self.bus)
         if config.admin.enabled:
-            app = make_admin_app(self.view, self.bus, self.cdr, config.admin, self.ai)
+            app = make_admin_app(self.view, self.bus, self.cdr, config.admin, self.ai, self.node.core.away)
             self.admin_runner = await start_admin(app, config.admin.host, config.admin.port)
             log.warning("admin API on http://%s:%d", *_address(self.admin_runner))
         if config.metrics.enabled:

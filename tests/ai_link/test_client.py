@@ -18,6 +18,7 @@ from pbx_edge.ai_link.link import AiLink, apply_media_action
 from pbx_edge.ai_link.protocol import (
     FLAG_GAP,
     ActionMessage,
+    AgentEvent,
     AudioFrame,
     BridgeAction,
     DtmfMessage,
@@ -30,6 +31,7 @@ from pbx_edge.ai_link.protocol import (
     StartMessage,
     StopPlaybackAction,
     TranscriptEvent,
+    TranscriptGap,
     decode_batch,
     encode_frame,
     parse_edge_message,
@@ -177,8 +179,8 @@ META = CallMeta("call-1", a_call_id="a@x", b_call_id="b@y", caller="1001", calle
 
 @dataclass
 class Received:
-    transcripts: list[TranscriptEvent] = field(default_factory=list)
-    actions: list[ActionMessage | InjectAudio] = field(default_factory=list)
+    transcripts: list[TranscriptEvent | TranscriptGap] = field(default_factory=list)
+    actions: list[ActionMessage | AgentEvent | InjectAudio] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -278,7 +280,8 @@ async def test_a_failing_callback_does_not_end_the_stream(ai: FakeAi, link: AiLi
     ai.script = script
     seen: list[str] = []
 
-    def on_transcript(event: TranscriptEvent) -> None:
+    def on_transcript(event: TranscriptEvent | TranscriptGap) -> None:
+        assert isinstance(event, TranscriptEvent)
         seen.append(event.text)
         raise RuntimeError("handler bug")
 
@@ -418,7 +421,7 @@ async def test_transcripts_sent_after_end_arrive_before_the_close(ai: FakeAi, li
     stream, received = start(link, TapQueue(10))
     await until(lambda: stream.connected)
     await link.stop_call("call-1", "caller_bye")
-    assert [t.text for t in received.transcripts] == ["goodbye"]
+    assert [t.text for t in received.transcripts if isinstance(t, TranscriptEvent)] == ["goodbye"]
     assert stream.finished and ai.connections[0].ws.close_code == 1000
 
 

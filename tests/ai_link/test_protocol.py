@@ -237,7 +237,7 @@ def test_start_defaults_carry_the_version() -> None:
         (b"\xff\xfe", "AI message is not JSON"),
         ("[1, 2]", "must be a JSON object, got list"),
         ('{"text": "hi"}', "no string 'type' field"),
-        ('{"type": "dance"}', "unknown AI message type 'dance'; expected one of: agent_event, bridge, hangup, play"),
+        ('{"type": "dance"}', "unknown AI message type 'dance'; expected one of: agent_event, bridge"),
         ('{"type": "start", "call_id": "c"}', "unknown AI message type 'start'"),
         ('{"type": "play"}', "bad 'play' message: leg: Field required"),
         ('{"type": "play", "leg": "agent"}', "leg: Input should be 'caller' or 'callee' \\(got 'agent'\\)"),

@@ -279,7 +279,7 @@ async def test_auth_matrix(api: Api, token: str | None, viewer_route: int, admin
 
 async def test_every_protected_route_refuses_without_token(api: Api) -> None:
     for route in ROUTES:
-        path = route.path.replace("{call_id}", "c1")
+        path = route.path.replace("{call_id}", "c1").replace("{extension}", "1001")
         resp, body = await api.request(route.method, path, token=None)
         if route.role is None:
             assert resp.status in (200, 503), path
@@ -535,6 +535,8 @@ async def test_openapi_lists_every_route_with_its_role(api: Api) -> None:
         ("GET", "/api/cdr"): "viewer",
         ("GET", "/api/cdr.csv"): "viewer",
         ("GET", "/api/events"): "viewer",
+        ("GET", "/api/extensions/{extension}/away"): "viewer",
+        ("PUT", "/api/extensions/{extension}/away"): "admin",
         ("GET", "/api/openapi.json"): "viewer",
     }
     assert set(expected) == documented

