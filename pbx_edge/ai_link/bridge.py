@@ -7,14 +7,16 @@ starts. Transcripts come back as ``transcript.partial`` / ``transcript.final`` /
 events on the same bus (so webhooks, logs and ``/api/events`` get them), are kept per live call for
 ``/api/calls/{id}/transcript`` and, finals and gaps, stored by day; media actions (play,
 stop-playback, bridge) go to the call's media session, hang-up to the B2BUA; ``agent_event``
-messages are published as call events under the name the agent gave.
+messages are published as call events under the name the agent gave. DTMF digits of a streamed
+call (the ``dtmf`` event: RFC 4733 from the relay or SIP INFO) go to its stream as ``dtmf`` controls.
 
 The AI attendant (pbx_edge/b2bua/attendant.py): this bridge is the B2BUA's
 :class:`~pbx_edge.b2bua.attendant.AttendantBackend`. It says whether the AI layer can take a call
 (enabled, a stream slot free, not found unreachable lately) and answers the caller's offer from the
 relay (pbx_edge/media/local_answer.py). When an attended call is answered its stream starts in
-``attendant`` mode with the trigger, the caller leg is bridged to the injector (it hears only the
-AI) and ``call.ai_answered`` is published (``trigger``, ``answered_by: "ai"``, ``codec``). A stream
+``attendant`` mode with the trigger (``ivr`` mode for an IVR number, trigger ``ivr``), the caller leg
+is bridged to the injector (it hears only the AI) and ``call.ai_answered`` is published
+(``trigger``, ``answered_by: "ai"``, ``codec``). A stream
 that cannot connect within ``connect_timeout`` (+1 s), or that the AI side ends while the call is
 up, hangs the caller up: an attended caller is never left in silence.
 
@@ -35,6 +37,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from pbx_edge.ai_link.client import CallMeta, CallStream, InjectAudio
 from pbx_edge.ai_link.config import AiLinkConfig
 from pbx_edge.ai_link.link import AiLink, apply_media_action
@@ -42,6 +46,7 @@ from pbx_edge.ai_link.live import CallTranscript, LiveTranscript, TranscriptItem
 from pbx_edge.ai_link.protocol import (
     ActionMessage,
     AgentEvent,
+    DtmfMessage,
     HangupAction,
     TranscriptEvent,
     TranscriptGap,
@@ -116,6 +121,8 @@ class AiBridge:
                 self._start(event, call_id)
             else:
                 self._start_attendant(event, call_id, attended.trigger)
+        elif event.name == "dtmf":
+            self._dtmf(call_id, event.data)
         elif event.name == "call.transferred":
             self._transferred(call_id)
         elif event.name == "call.transfer_failed":
@@ -130,6 +137,18 @@ class AiBridge:
                 self.link.stop_call(call_id, str(event.data.get("reason", "hangup")))
                 del self.transcripts[call_id]
 
+    def _dtmf(self, call_id: str, data: dict[str, Any]) -> None:
+        """A digit (RFC 4733 or SIP INFO) of a streamed call goes to the AI as a ``dtmf`` control."""
+        stream = self.link.stream(call_id)
+        if stream is None:
+            return
+        try:
+            message = DtmfMessage(leg=data.get("leg"), digit=data.get("digit"))
+        except ValidationError:
+            log.warning("call %s: DTMF %r not sent to the AI", call_id, data)
+            return
+        stream.send_control(message)
+
     def _start(self, event: Event, call_id: str, trigger: str | None = None) -> CallStream | None:
         media = self.node.media
         session = media.sessions.get(call_id) if media is not None else None
@@ -139,7 +158,7 @@ class AiBridge:
         self.transcripts[call_id] = LiveTranscript(call_id)
         meta = CallMeta.from_event(event)
         if trigger is not None:
-            meta = replace(meta, mode="attendant", trigger=trigger)
+            meta = replace(meta, mode="ivr" if trigger == "ivr" else "attendant", trigger=trigger)
 
         def finished(_stream: CallStream) -> None:
             session.unsubscribe_tap(queue)
@@ -259,7 +278,7 @@ class AiBridge:
             return
         if isinstance(action, HangupAction):
             self.attended.pop(call_id, None)  # our hangup, not a stream lost
-            self.node.hangup(call_id, EndReason.ADMIN)
+            self.node.hangup(call_id, EndReason.AI_HANGUP)
             return
         log.warning("call %s: AI action %s not supported by the edge yet", call_id, type(action).__name__)
 

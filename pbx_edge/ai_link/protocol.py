@@ -294,7 +294,7 @@ class StartMessage(_Message):
     sample_rate: Literal[16000] = 16000
     resume: bool = False
     last_seq: dict[LegName, int] = Field(default_factory=dict)  # last seq sent per leg, on resume
-    # Why an AI answers the call (attendant mode): no_answer | unregistered | busy | away | after_hours
+    # Why an AI answers the call: no_answer | unregistered | busy | away | after_hours (attendant), ivr
     trigger: str | None = None
 
 

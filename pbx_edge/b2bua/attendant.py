@@ -16,6 +16,11 @@ INFO with 200 and its DTMF reported) since there is no leg to relay them to.
 When no AI can take the call (not configured, unreachable, no stream slot, an offer we cannot
 answer: no SDP in the INVITE, no codec we encode), the caller gets what it would get without the
 trigger, so it is never left in silence.
+
+IVR numbers (``routing.ivr_numbers``) take the same path with the ``ivr`` trigger, at the INVITE and
+before any other: the AI answers in IVR mode and no one rings. Without an AI to take the call such a
+number is routed as usual (a route or registered contact rings; else 404, or 480 for a configured
+extension that is not registered).
 """
 
 from __future__ import annotations
@@ -94,9 +99,12 @@ class AttendantFlows(CallFlows):
 
     def invite_trigger(self, user: str, routable: bool, known: bool) -> Trigger | None:
         """The trigger that sends a new call to the AI at once (before any ringing), if any:
-        ``away``, then ``after_hours``, then ``unregistered`` (a configured extension, no contact)."""
+        ``ivr`` (a called number in ``routing.ivr_numbers``), then ``away``, then ``after_hours``,
+        then ``unregistered`` (a configured extension, no contact)."""
         if not user or not self.ai_can_answer():
             return None
+        if self.triggers.is_ivr_number(user):
+            return "ivr"
         wants = self.triggers.wants_ai
         if self.away.is_away(user) and wants(user, "away"):
             return "away"

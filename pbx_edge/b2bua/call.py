@@ -34,6 +34,7 @@ class EndReason(Enum):
     TIMEOUT = "timeout"  # transaction timeout (no response / no ACK)
     TRANSPORT_ERROR = "transport_error"
     ADMIN = "admin"
+    AI_HANGUP = "ai_hangup"  # the AI attendant or IVR ended the call (its hangup action)
     MEDIA_TIMEOUT = "media_timeout"  # no RTP either way for media.inactivity_timeout
     SHUTDOWN = "shutdown"
     ERROR = "error"

@@ -163,7 +163,8 @@ class CallFlows:
                 self._reject(tx, 404, "Not Found", now)
             return
         target = targets[0] if targets else None
-        opened = self._open_call(req, source, tx, target.source if target else "attendant", now)
+        route_source = "ivr" if trigger == "ivr" else target.source if target else "attendant"
+        opened = self._open_call(req, source, tx, route_source, now)
         if opened is None:
             return
         call, body = opened
@@ -171,10 +172,12 @@ class CallFlows:
             self.emit("call.started", call)
             if self.answer_with_ai(call, trigger, now):
                 return
-            if target is None:  # what an unregistered extension gets without the attendant
-                self._fail_caller(call, 480, "Temporarily Unavailable", now)
-                self.end_call(call, EndReason.REJECTED, now, status=480)
+            if target is None:  # what the number gets without the attendant
+                status, reason = (480, "Temporarily Unavailable") if known else (404, "Not Found")
+                self._fail_caller(call, status, reason, now)
+                self.end_call(call, EndReason.REJECTED, now, status=status)
                 return
+            call.route_source = target.source
         assert target is not None  # away / after hours without an AI to answer: ring as usual
         transport = target.dest.transport
         invite = callee_invite(

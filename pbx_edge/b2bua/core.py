@@ -93,7 +93,7 @@ class EdgeCore(TransferFlows):
         self.router = Router(self.location, config.routing, config.sip.domain)
         self.pinger = OptionsPinger(self.location, config.sip.options_ping)
         self.media: MediaManager = media or PassThroughMedia()
-        self.triggers = TriggerPolicy(config.calls, self.router.extension_config)
+        self.triggers = TriggerPolicy(config.calls, self.router.extension_config, config.routing.ivr_numbers)
         self.no_answer: NoAnswerPolicy = no_answer or AiOnNoAnswer(
             config.calls.no_answer_action, self.triggers
         )

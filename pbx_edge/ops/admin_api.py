@@ -50,6 +50,7 @@ from pbx_edge.ops.problems import (
     ProblemError,
     problem_response,
 )
+from pbx_edge.ops.tool_audit import ToolAuditPage, ToolAuditQuery
 
 log = logging.getLogger("pbx_edge.ops")
 
@@ -107,6 +108,13 @@ class AwaySource(Protocol):
     def is_away(self, extension: str) -> bool: ...
 
 
+class ToolAuditSource(Protocol):
+    """The agents' tool-call audit log (``ToolAuditReader`` in pbx_edge/ops/tool_audit.py); the
+    query runs in a worker thread."""
+
+    async def query(self, query: ToolAuditQuery | None = None) -> ToolAuditPage: ...
+
+
 class NoTranscripts:
     """The source of a node without an AI layer."""
 
@@ -147,6 +155,17 @@ class EventsQuery(_Query):
         None, max_length=128, description="Only events of this name; 'call.*' matches a prefix"
     )
     call_id: str | None = Field(None, max_length=256, description="Only events of this call")
+
+
+class ToolAuditApiQuery(ToolAuditQuery):
+    """:class:`ToolAuditQuery` with the bounds a query string needs: finite times and a cursor that
+    fits an SQL integer, so out-of-range values are 400s rather than database errors."""
+
+    since: FiniteFloat | None = Field(None, description="Tool calls at or after (UNIX seconds)")
+    until: FiniteFloat | None = Field(None, description="Tool calls before (UNIX seconds)")
+    cursor: int | None = Field(
+        None, ge=0, le=MAX_OFFSET, description="next_cursor of the previous page: the rows after it"
+    )
 
 
 # --- response models -------------------------------------------------------------------------------
@@ -219,6 +238,7 @@ class AdminContext:
     openapi: dict[str, Any]
     transcripts: TranscriptSource
     away: AwaySource | None = None
+    tool_audit: ToolAuditSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +465,13 @@ async def put_away(ctx: AdminContext, req: ApiRequest) -> AwayStatus:
     return AwayStatus(extension=extension, away=update.away)
 
 
+async def list_tool_audit(ctx: AdminContext, req: ApiRequest) -> ToolAuditPage:
+    if ctx.tool_audit is None:
+        raise ProblemError(404, "this node reads no tool audit log (admin.tool_audit_url is not wired in)")
+    q: ToolAuditQuery = req.query
+    return await ctx.tool_audit.query(q)
+
+
 def openapi_json(ctx: AdminContext, req: ApiRequest) -> dict[str, Any]:
     return ctx.openapi
 
@@ -480,6 +507,10 @@ ROUTES: tuple[Route, ...] = (
           description='Body: {"away": true} or {"away": false}. While away, new calls to the extension go '
           "to the AI attendant at once when its 'away' trigger is 'ai' (else they ring as usual). "
           "Kept in memory by the node."),
+    Route("GET", "/api/tools/audit", "listToolAudit", "The AI agents' tool calls, newest first",
+          list_tool_audit, query=ToolAuditApiQuery, response=ToolAuditPage, problems=(404,),
+          description="One row per tool call an agent made (arguments with personal data masked), read "
+          "from admin.tool_audit_url. Page with cursor=next_cursor; since/until are UNIX seconds."),
     Route("GET", "/api/openapi.json", "getOpenapi", "This document", openapi_json,
           response_schema={"type": "object"}),
 )  # fmt: skip
@@ -504,7 +535,8 @@ def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
         routes,
         title="SmartPBX edge admin API",
         version=_version(),
-        description="Live calls, media ports, registrations, CDRs and events of one edge node. "
+        description="Live calls, media ports, registrations, CDRs, events and the agents' tool-call audit "
+        "log of one edge node. "
         "Errors are RFC 9457 problem details.",
     )
     for (method, path), model in REQUEST_BODIES.items():
@@ -527,6 +559,7 @@ def make_admin_app(
     config: AdminConfig,
     transcripts: TranscriptSource | None = None,
     away: AwaySource | None = None,
+    tool_audit: ToolAuditSource | None = None,
 ) -> web.Application:
     auth = TokenAuthenticator(config.tokens)
     if not auth.configured:
@@ -536,7 +569,7 @@ def make_admin_app(
         )
     app = web.Application(middlewares=[_problems])
     app[CONTEXT] = AdminContext(
-        node, events, cdr, auth, openapi_document(), transcripts or NoTranscripts(), away
+        node, events, cdr, auth, openapi_document(), transcripts or NoTranscripts(), away, tool_audit
     )
     for route in ROUTES:
         if route.method == "GET":

@@ -196,6 +196,17 @@ class CallsConfig(_Strict):
 class RoutingConfig(_Strict):
     static_routes: list[StaticRoute] = Field(default_factory=list)
     extensions: dict[str, ExtensionConfig] = Field(default_factory=dict)
+    # Called numbers (Request-URI user parts) the AI answers at once in ``ivr`` mode, ringing no
+    # one; while the AI layer is unavailable they are routed as any other number.
+    ivr_numbers: list[str] = Field(default_factory=list)
+
+    @field_validator("ivr_numbers")
+    @classmethod
+    def _ivr_numbers(cls, value: list[str]) -> list[str]:
+        for number in value:
+            if not number.strip() or number != number.strip():
+                raise ValueError(f"an IVR number must be a non-empty user part, got {number!r}")
+        return value
 
 
 class RuntimeConfig(_Strict):
@@ -310,6 +321,8 @@ class AdminConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     tokens: list[AdminToken] = Field(default_factory=list)
+    # The agents' tool-call audit log read by GET /api/tools/audit (SQLAlchemy URL; written by ai_serve)
+    tool_audit_url: str = "sqlite:///data/tool_audit.sqlite3"
 
 
 class MetricsConfig(_Strict):

@@ -30,7 +30,23 @@ callee leg exists), ``caller`` and ``callee``. The ``data`` fields per event nam
     ``disposition`` (``answered`` | ``no_answer`` | ``busy`` | ``failed`` | ``cancelled`` |
     ``rejected``); ``codec`` (str | None). The same values go into the call's CDR. An INVITE refused
     before a call existed (404, 480, 503) also ends in ``call.ended``, with no ``call_id`` and
-    ``disposition`` ``"rejected"``.
+    ``disposition`` ``"rejected"``. A call the AI ended with its hangup action has ``reason``
+    ``ai_hangup`` and ``hangup_side`` ``"edge"``.
+``call.ai_answered``
+    the AI answered the caller itself (attendant or IVR, pbx_edge/b2bua/attendant.py), published by
+    the AI bridge right after ``call.answered``: ``trigger`` (``no_answer`` | ``unregistered`` |
+    ``busy`` | ``away`` | ``after_hours`` | ``ivr``), ``answered_by`` (``"ai"``), ``codec`` (str |
+    None, as in ``call.answered``). ``b_call_id`` is None: no callee leg rang or was kept.
+``call.transferred``
+    the AI's transfer action succeeded: the target answered and now talks to the caller; no fields,
+    ``b_call_id`` is the target leg's Call-ID (pbx_edge/b2bua/transfer.py).
+``call.transfer_failed``
+    the transfer target refused, did not answer in time or gave an unusable answer; no fields. The
+    call stays with the AI.
+agent events
+    any other name (e.g. ``attendant.summary``, ``ivr.intent``): published for a streamed call when
+    the AI sends an ``agent_event``; ``data`` is the agent's own object. Names starting with
+    ``call.``, ``registration.``, ``transcript.`` or ``dtmf`` are the node's and are refused.
 ``registration.added`` / ``registration.expired``
     ``aor`` (str), ``contact`` (str), ``source`` (str, ``ip:port`` the REGISTER came from),
     ``expires`` (int seconds granted; 0 on expiry).

@@ -10,11 +10,15 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+# The names the node itself publishes (agent events, transcripts: see pbx_edge/ops/events.py)
 EVENT_NAMES = (
     "call.started",
     "call.ringing",
     "call.answered",
     "call.ended",
+    "call.ai_answered",
+    "call.transferred",
+    "call.transfer_failed",
     "registration.added",
     "registration.expired",
     "dtmf",

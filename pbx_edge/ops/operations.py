@@ -25,6 +25,7 @@ from pbx_edge.ops.metrics import EdgeMetrics, MetricsSnapshot, start_metrics
 from pbx_edge.ops.models import CdrRecord, Event
 from pbx_edge.ops.node_view import EdgeNodeView
 from pbx_edge.ops.outbox import Outbox
+from pbx_edge.ops.tool_audit import ToolAuditReader
 from pbx_edge.ops.webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Operations:
         self.ai = AiBridge(node, self.bus, config.ai, time.time)
         self.metrics = EdgeMetrics(self)
         self.sip_sent: Counter[int] = Counter()  # responses sent, by status code (counted by the node)
+        self.tool_audit = ToolAuditReader(config.admin.tool_audit_url)  # opened on the first query
         self.admin_runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
         self.bus.subscribe(self._log_event)
@@ -95,7 +97,9 @@ class Operations:
         await self.cdr.start()
         await self.webhooks.start(self.bus)
         if config.admin.enabled:
-            app = make_admin_app(self.view, self.bus, self.cdr, config.admin, self.ai, self.node.core.away)
+            app = make_admin_app(
+                self.view, self.bus, self.cdr, config.admin, self.ai, self.node.core.away, self.tool_audit
+            )
             self.admin_runner = await start_admin(app, config.admin.host, config.admin.port)
             log.warning("admin API on http://%s:%d", *_address(self.admin_runner))
         if config.metrics.enabled:
@@ -107,7 +111,7 @@ class Operations:
     async def stop(self) -> None:
         """Servers first, then flush in dependency order; each step runs even if one failed."""
         steps = [runner.cleanup for runner in (self.admin_runner, self.metrics_runner) if runner is not None]
-        steps += [self.ai.close, self.webhooks.stop, self.outbox.close, self.cdr.close]
+        steps += [self.ai.close, self.webhooks.stop, self.outbox.close, self.cdr.close, self.tool_audit.close]
         for step in steps:
             try:
                 await step()

@@ -8,6 +8,7 @@ import io
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from pbx_edge.ops.auth import hash_token
 from pbx_edge.ops.config import AdminConfig, AdminToken
 from pbx_edge.ops.events import EventBus
 from pbx_edge.ops.models import CallInfo, CdrRecord, Event, PortUsage, RegistrationInfo
+from pbx_edge.ops.tool_audit import ToolAuditReader
 
 VIEWER = "viewer-token-0123456789"
 ADMIN = "admin-token-9876543210"
@@ -207,13 +209,15 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[Api]:
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
     node, cdr = FakeNode(), FakeCdr([_record(i) for i in range(25)])
-    app = make_admin_app(node, FakeEvents(_events()), cdr, TOKENS, FakeTranscripts())
+    audit = ToolAuditReader(f"sqlite:///{tmp_path}/tool_audit.sqlite3")  # real and empty
+    app = make_admin_app(node, FakeEvents(_events()), cdr, TOKENS, FakeTranscripts(), tool_audit=audit)
     runner, base = await _serve(app)
     async with aiohttp.ClientSession() as http:
         yield Api(base, node, cdr, http)
     await runner.cleanup()
+    await audit.close()
 
 
 def _assert_problem(resp: aiohttp.ClientResponse, body: Any, status: int) -> None:
@@ -537,6 +541,7 @@ async def test_openapi_lists_every_route_with_its_role(api: Api) -> None:
         ("GET", "/api/events"): "viewer",
         ("GET", "/api/extensions/{extension}/away"): "viewer",
         ("PUT", "/api/extensions/{extension}/away"): "admin",
+        ("GET", "/api/tools/audit"): "viewer",
         ("GET", "/api/openapi.json"): "viewer",
     }
     assert set(expected) == documented
@@ -551,6 +556,8 @@ async def test_openapi_lists_every_route_with_its_role(api: Api) -> None:
         assert ("403" in operation["responses"]) == (role == "admin")
     cdr_params = {p["name"] for p in doc["paths"]["/api/cdr"]["get"]["parameters"]}
     assert cdr_params == {"since", "until", "caller", "callee", "disposition", "limit", "offset"}
+    audit_params = {p["name"] for p in doc["paths"]["/api/tools/audit"]["get"]["parameters"]}
+    assert audit_params == {"call_id", "tool", "status", "since", "until", "limit", "cursor"}
 
 
 def _schemathesis_run(base: str, token: str, examples: int, derandomize: bool = True) -> list[str]:
