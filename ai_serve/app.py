@@ -15,6 +15,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from .agents.attendant_config import AttendantConfig
+from .agents.ivr_host import IvrOptions
 from .deployments.diarization import DiarizationDeployment, DiarizationOptions
 from .deployments.stt import SttDeployment, SttOptions
 from .ingress import IngressOptions, SttIngress
@@ -36,6 +37,9 @@ class AppArgs(BaseModel):
     stt_replicas: int | None = Field(None, ge=1)  # None: the config file's num_replicas/autoscaling
     # Mode "attendant": greetings, extensions, thresholds (the roles it uses are the smartpbx-roles app's)
     attendant: AttendantConfig = Field(default_factory=AttendantConfig)
+    # Mode "ivr": IVR flows by called number, else multi-agent numbers, their tools and audit log (the
+    # roles and timeouts are the attendant's); relative paths are resolved where the app is built
+    ivr: IvrOptions = Field(default_factory=IvrOptions)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -59,4 +63,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             .options(ray_actor_options={"num_cpus": config.diarization_num_cpus})
             .bind(config.diarization.model_dump())
         )
-    return ingress.bind(stt, config.ingress.model_dump(), diarization, config.attendant.model_dump())
+    return ingress.bind(
+        stt, config.ingress.model_dump(), diarization, config.attendant.model_dump(),
+        config.ivr.resolved().model_dump(),
+    )  # fmt: skip

@@ -24,6 +24,8 @@ for the per-leg cutting, partials, speculative finals and gaps), fed by the rece
 - Mode ``attendant`` (an unanswered call handed to the AI): the same transcription, plus the call's
   attendant (:mod:`ai_serve.ingress_agent`): a cached greeting at once, a Ray actor per call fed the
   caller's speech starts and finals, its actions and PCM sent back on the socket, its summary at the end.
+  Mode ``ivr``: the same with the callee's IVR flow or multi-agent session in the actor
+  (:mod:`ai_serve.agents.ivr_host`); the caller's ``dtmf`` controls go to it too.
 - Metrics (:mod:`ai_serve.metrics`): active calls, frames and messages received, transcripts sent,
   end-of-speech → final latency, speculative outcomes, STT requests in flight; ``/healthz`` returns
   the replica's running totals.
@@ -45,6 +47,7 @@ from ray.serve.handle import DeploymentHandle
 from pbx_edge.ai_link.protocol import (
     CLOSE_DONE,
     CLOSE_REJECTED,
+    DtmfMessage,
     EndMessage,
     GapMessage,
     ProtocolError,
@@ -54,6 +57,7 @@ from pbx_edge.ai_link.protocol import (
 )
 
 from .agents.attendant_config import parse_attendant_config
+from .agents.ivr_host import IvrOptions
 from .ingress_agent import AgentRuntime, AttendantCall
 from .ingress_call import (
     CallStream,
@@ -94,6 +98,7 @@ class SttIngress:
         options: dict[str, Any] | None = None,
         diarization: DeploymentHandle[Any] | None = None,
         attendant: dict[str, Any] | None = None,
+        ivr: dict[str, Any] | None = None,
     ) -> None:
         self.stt = stt
         self.diarization = diarization  # speaker embeddings for labels within a leg (None: no labels)
@@ -103,7 +108,9 @@ class SttIngress:
         self.state = IngressState()  # STT requests in flight (partials wait for finals), totals
         self.metrics = IngressMetrics()
         self.metrics.active_calls.set(0)
-        self.agents = AgentRuntime(parse_attendant_config(attendant))  # mode "attendant"
+        # modes "attendant" and "ivr" (None: no IVR, for an app built before it had the option)
+        ivr_options = IvrOptions.model_validate(ivr) if ivr is not None else IvrOptions(enabled=False)
+        self.agents = AgentRuntime(parse_attendant_config(attendant), ivr_options)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -214,8 +221,11 @@ class SttIngress:
                 return True
             if isinstance(control, GapMessage):
                 call.gap(control)
+            elif isinstance(control, DtmfMessage):
+                if agent is not None and control.leg == "caller":
+                    agent.dtmf(control.digit)
             elif isinstance(control, StartMessage):
                 _LOG.info(
                     "call %s: start again on the same socket (resume=%s)", control.call_id, control.resume
                 )
-            # hold/unhold/transfer/dtmf: nothing to do for transcription yet
+            # hold/unhold/transfer: nothing to do for transcription yet

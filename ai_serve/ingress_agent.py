@@ -1,4 +1,4 @@
-"""The ingress's side of an attendant call (mode ``attendant``): greeting, actor, taps, output pump.
+"""The ingress's side of an agent call (modes ``attendant`` and ``ivr``): greeting, actor, taps, pump.
 
 :class:`AgentRuntime` belongs to one ingress replica: the attendant options, a
 :class:`~ai_serve.agents.greetings.GreetingCache` (warmed in the background on first use of the
@@ -18,6 +18,12 @@ replica) and the count of live attendants. :meth:`AgentRuntime.open` starts an
    the actor; a lost socket (:meth:`AttendantCall.cancel`) kills it at once.
 
 A reconnection (``resume``) gets a new attendant that does not greet again.
+
+Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
+way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`), except that the
+greeting is synthesized by the session (no cache: it is the flow's, and the flow may change) and the
+call keeps the language of its ``start`` (the flow chooses, ``auto`` included). The edge's ``dtmf``
+controls go to the actor (:meth:`AttendantCall.dtmf`); the attendant ignores them.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pbx_edge.ai_link.protocol import (
 from .agents.attendant_actor import AttendantActor, RoleClients, WireItem
 from .agents.attendant_config import AttendantConfig
 from .agents.greetings import GreetingCache, configured_greetings
+from .agents.ivr_host import IvrOptions
 from .ingress_call import CallStream
 
 __all__ = ["AgentRuntime", "AttendantCall"]
@@ -56,8 +63,9 @@ _FINISH_TIMEOUT_S = 10.0
 class AgentRuntime:
     """Per ingress replica: options, greeting cache, live attendants (see the module docstring)."""
 
-    def __init__(self, config: AttendantConfig) -> None:
+    def __init__(self, config: AttendantConfig, ivr: IvrOptions | None = None) -> None:
         self.config = config
+        self.ivr = ivr if ivr is not None else IvrOptions(enabled=False)
         self.roles = RoleClients(config)
         self.greetings = GreetingCache(self.roles.synthesize)
         self.active = 0
@@ -73,6 +81,8 @@ class AgentRuntime:
         return self._actor_class
 
     def wants(self, start: StartMessage) -> bool:
+        if start.mode == "ivr":
+            return self.ivr.enabled
         return start.mode == "attendant" and self.config.enabled
 
     def ensure_warm(self) -> None:
@@ -117,12 +127,13 @@ class AttendantCall:
     ) -> None:
         self.runtime = runtime
         self.config = runtime.config
+        self.ivr = start.mode == "ivr"
         key, extension = self.config.extension(start.callee)
         self.extension_key = key
         self.language = self.config.language_for(start.language, extension)
         self.greeting_text = self.config.greeting_text(extension, self.language)
-        # the STT hears the call in the attendant's language (not "auto")
-        self.start = start.model_copy(update={"language": self.language})
+        # the STT hears an attendant call in the attendant's language (not "auto"); an IVR call as started
+        self.start = start if self.ivr else start.model_copy(update={"language": self.language})
         self._send_text, self._send_bytes = send_text, send_bytes
         self._actor: Any = None
         self._pump: asyncio.Task[None] | None = None
@@ -139,7 +150,11 @@ class AttendantCall:
         self._actor = (
             self.runtime.actor_class()
             .options(num_cpus=self.config.actor_num_cpus, max_restarts=0)
-            .remote(self.start.to_json(), self.config.model_dump())
+            .remote(
+                self.start.to_json(),
+                self.config.model_dump(),
+                self.runtime.ivr.model_dump() if self.ivr else None,
+            )
         )
         self.runtime.active += 1
         outputs = self._actor.run.options(num_returns="streaming").remote()
@@ -148,6 +163,9 @@ class AttendantCall:
         )
         if self.start.resume:
             return  # a reconnection: the caller was greeted already
+        if self.ivr:
+            self._actor.greet.remote()  # the flow's greeting, synthesized by the session
+            return
         try:
             greeting = await self.runtime.greetings.get(self.extension_key, self.language, self.greeting_text)
         except Exception as exc:
@@ -214,6 +232,11 @@ class AttendantCall:
                     self._actor.gap.remote()
 
         return tapped
+
+    def dtmf(self, digit: str) -> None:
+        """The edge reported a keypad digit (of the caller leg)."""
+        if not self._closed:
+            self._actor.dtmf.remote(digit)
 
     def frames_fed(self, call: CallStream) -> None:
         """After each batch: a new caller utterance opened by the VAD is speech starting."""

@@ -14,6 +14,9 @@ A pytest plugin (``pytest_plugins = ["tests.serve_cluster"]`` in ``tests/conftes
   so the next test finds it whole whatever the order.
 - The app's ``attendant`` args are :data:`ATTENDANT_ARGS` (extension 201: the test clinic); the roles
   it calls are another app, deployed by the tests that need it with :func:`roles_app`.
+- The app's ``ivr`` args (:func:`ivr_args`) point the tools' ``${BILLING_URL}`` at
+  ``ServeApp.billing_port`` on 127.0.0.1, reserved when the cluster starts (the replicas' environment is
+  fixed by then, so the URL goes through ``ivr.environment``); tests/e2e/test_ivr_ws.py serves it.
 - :func:`figure` records a measured figure; they are printed in a "live transcription figures"
   section at the end of the run, captured or not.
 
@@ -56,6 +59,17 @@ ATTENDANT_ARGS: dict[str, Any] = {
     "tts_timeout_s": 120.0,  # the shared 2-core box: a TTS request may queue behind STT work
     "retrieval_timeout_s": 60.0,
 }
+
+IVR_BILLING_TOKEN = "ivr-e2e-token"  # the bearer token the IVR's billing.lookup sends (BILLING_TOKEN)
+
+
+def ivr_args(billing_port: int, audit_dir: str) -> dict[str, Any]:
+    """Mode "ivr" on the shared app: the shipped flows (1200) and tools, billing on ``billing_port``."""
+    return {
+        "environment": {"BILLING_URL": f"http://{HOST}:{billing_port}", "BILLING_TOKEN": IVR_BILLING_TOKEN},
+        "audit_url": f"sqlite:///{audit_dir}/tool_audit.sqlite3",
+    }
+
 
 FIGURES: list[str] = []
 
@@ -104,6 +118,7 @@ class ServeApp:
     port: int
     host: str = HOST
     name: str = APP_NAME
+    billing_port: int = 0  # where mode "ivr" calls billing (ivr_args); 0: not configured
 
     @property
     def http_url(self) -> str:
@@ -198,7 +213,12 @@ def serve_app() -> Iterator[ServeApp]:
         args["ingress"] = {"stt_timeout_s": STT_TIMEOUT_S}
     if "attendant" in AppArgs.model_fields:
         args["attendant"] = ATTENDANT_ARGS
-    app = ServeApp(port=free_port())
+    app = ServeApp(port=free_port(), billing_port=free_port())
+    import tempfile
+
+    audit_dir = tempfile.mkdtemp(prefix="smartpbx-ivr-audit-")
+    if "ivr" in AppArgs.model_fields:
+        args["ivr"] = ivr_args(app.billing_port, audit_dir)
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t1 = time.perf_counter()
@@ -213,6 +233,7 @@ def serve_app() -> Iterator[ServeApp]:
         # Not serve.shutdown(): it waits up to 30 s for replicas still decoding a test's backlog. This
         # process started the cluster, so ray.shutdown() stops all of it (controller, proxy, replicas).
         ray.shutdown()
+        shutil.rmtree(audit_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,18 @@
-"""The attendant at run time: one Ray actor per live call, the roles reached by deployment handles.
+"""The agents at run time: one Ray actor per live call, the roles reached by deployment handles.
 
-:class:`AttendantLoop` (asyncio, no Ray) drives an :class:`~ai_serve.agents.attendant.Attendant`:
-speech starts are handled at once (a barge-in must not wait behind a turn being answered); finals,
-gaps and the greeting are queued and handled one at a time, in the order they came; the attendant's
-deadline (silence, the end after the last words) is waited for between them. Its outputs are queued
-as wire items: ``("json", text)`` for a protocol message, ``("audio", pcm)`` for 16 kHz PCM of the
-caller leg, which the ingress frames and sends (:mod:`ai_serve.ingress_agent`).
+:class:`AttendantLoop` (asyncio, no Ray) drives a :class:`~ai_serve.agents.session.Session` (the
+:class:`~ai_serve.agents.attendant.Attendant`, or an IVR or multi-agent session): speech starts are
+handled at once (a barge-in must not wait behind a turn being answered); finals, gaps, keypad digits
+(for a :class:`~ai_serve.agents.session.KeypadSession`; ignored otherwise) and the greeting are queued
+and handled one at a time, in the order they came; the session's deadline (silence, the end after the
+last words) is waited for between them. Its outputs are queued as wire items: ``("json", text)`` for a
+protocol message, ``("audio", pcm)`` for 16 kHz PCM of the caller leg, which the ingress frames and
+sends (:mod:`ai_serve.ingress_agent`).
 
 :class:`AttendantActor` is the actor's body (``ray.remote(AttendantActor)``, created by the ingress
-when a call starts in mode ``attendant``, killed when it ends): :meth:`AttendantActor.run` is a
-streaming method the ingress reads the outputs from; the other methods are the inputs.
+when a call starts in mode ``attendant`` or ``ivr``, killed when it ends): :meth:`AttendantActor.run`
+is a streaming method the ingress reads the outputs from; the other methods are the inputs. In mode
+``ivr`` the session and what it holds (tools, audit log) come from :mod:`ai_serve.agents.ivr_host`.
 :class:`RoleClients` wraps the role deployments of the ``smartpbx-roles`` app (TTS, retriever, LLM).
 """
 
@@ -21,13 +24,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pbx_edge.ai_link.protocol import PlayAction, StartMessage
 
 from .attendant import Attendant, Output, Say
 from .attendant_config import AttendantConfig, Language
 from .greetings import to_16k
+from .session import KeypadSession, Session
+
+if TYPE_CHECKING:
+    from .ivr_host import HostedSession
 
 __all__ = ["AttendantActor", "AttendantLoop", "Chat", "RoleClients", "WireItem", "check_answer", "wire_items"]
 
@@ -74,10 +81,10 @@ def wire_items(outputs: list[Output]) -> list[WireItem]:
 
 
 class AttendantLoop:
-    """Inputs in, wire items out, for one :class:`Attendant` (see the module docstring)."""
+    """Inputs in, wire items out, for one :class:`Session` (see the module docstring)."""
 
-    def __init__(self, attendant: Attendant, clock: Callable[[], float] = time.monotonic) -> None:
-        self.attendant = attendant
+    def __init__(self, attendant: Session, clock: Callable[[], float] = time.monotonic) -> None:
+        self.attendant = attendant  # the session (named for the first one hosted)
         self._clock = clock
         self._inbox: asyncio.Queue[_Input | None] = asyncio.Queue()
         self.outbox: asyncio.Queue[WireItem | None] = asyncio.Queue()
@@ -102,6 +109,10 @@ class AttendantLoop:
     def gap(self) -> None:
         self._inbox.put_nowait(("gap", ()))
 
+    def dtmf(self, digit: str) -> None:
+        """A keypad digit, queued with the finals (a session without a keypad ignores it)."""
+        self._inbox.put_nowait(("dtmf", (digit,)))
+
     # running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -119,8 +130,9 @@ class AttendantLoop:
                 await self._task
         while not self._inbox.empty():  # finals that came with the end: in the transcript, unanswered
             job = self._inbox.get_nowait()
-            if job is not None and job[0] == "heard":
-                self.attendant.heard_late(job[1][0])
+            late = getattr(self.attendant, "heard_late", None)  # the attendant books them
+            if job is not None and job[0] == "heard" and late is not None:
+                late(job[1][0])
         self._put(self.attendant.finish(reason))
         self.outbox.put_nowait(None)
 
@@ -156,6 +168,8 @@ class AttendantLoop:
                     self._put(await attendant.heard(*args))
                 elif kind == "gap":
                     attendant.gap()
+                elif kind == "dtmf" and isinstance(attendant, KeypadSession):
+                    self._put(await attendant.dtmf(*args))
             except Exception:  # a bug must not leave the caller in silence for the rest of the call
                 _LOG.exception("call %s: attendant failed on %s", attendant.start.call_id, kind)
 
@@ -206,24 +220,42 @@ class RoleClients:
 
 
 class AttendantActor:
-    """One call's attendant as a Ray actor (async: inputs are handled while a turn is answered)."""
+    """One call's agent as a Ray actor (async: inputs are handled while a turn is answered).
 
-    def __init__(self, start_json: str, config: dict[str, Any]) -> None:
+    Mode ``attendant``: an :class:`Attendant`. Mode ``ivr`` (``ivr``: the app's
+    :class:`~ai_serve.agents.ivr_host.IvrOptions`): the IVR or multi-agent session for the callee, built
+    by :func:`~ai_serve.agents.ivr_host.open_session`; raises :class:`LookupError` when none serves it.
+    The role clients (TTS, retriever, LLM) and their timeouts are the attendant config's in both modes.
+    """
+
+    def __init__(self, start_json: str, config: dict[str, Any], ivr: dict[str, Any] | None = None) -> None:
         start = StartMessage.model_validate_json(start_json)
         self.config = AttendantConfig.model_validate(config)
         self.roles = RoleClients(self.config)
-        attendant = Attendant(
-            start,
-            self.config,
-            speak=self.roles.speak,
-            retrieve=self.roles.retrieve,
-            check=self.roles.check if self.config.llm_check else None,
-            clock=time.monotonic,
-        )
-        self.loop = AttendantLoop(attendant)
+        self.hosted: HostedSession | None = None
+        session: Session
+        if start.mode == "ivr" and ivr is not None:
+            from .ivr_host import IvrOptions, open_session
+
+            self.hosted = open_session(
+                start, IvrOptions.model_validate(ivr), speak=self.roles.speak, retrieve=self.roles.retrieve
+            )
+            session = self.hosted.session
+        else:
+            session = Attendant(
+                start,
+                self.config,
+                speak=self.roles.speak,
+                retrieve=self.roles.retrieve,
+                check=self.roles.check if self.config.llm_check else None,
+                clock=time.monotonic,
+            )
+        self.loop = AttendantLoop(session)
 
     async def run(self) -> AsyncIterator[WireItem]:
         """The outputs, streamed (``actor.run.options(num_returns="streaming").remote()``)."""
+        if self.hosted is not None:
+            await self.hosted.start()
         async for item in self.loop.outputs():
             yield item
 
@@ -243,5 +275,10 @@ class AttendantActor:
     async def gap(self) -> None:
         self.loop.gap()
 
+    async def dtmf(self, digit: str) -> None:
+        self.loop.dtmf(digit)
+
     async def finish(self, reason: str) -> None:
         await self.loop.finish(reason)
+        if self.hosted is not None:
+            await self.hosted.close()
