@@ -225,14 +225,14 @@ def run_extract(
             _ExtractBatch,
             fn_constructor_kwargs={"extractor": config.extractor, "llm": config.llm},
             batch_size=config.batch_size,
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=config.actor_cpus,
         )
         embedded = extracted.map_batches(
             _EmbedBatch,
             fn_constructor_kwargs={"embeddings": config.embeddings},
             batch_size=config.batch_size,
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=config.actor_cpus,
         )
         rejects: Counter[str] = Counter()
