@@ -32,7 +32,8 @@ from typing import Protocol
 
 from pbx_edge.b2bua.away import AwayTable
 from pbx_edge.b2bua.call import Call, CallState, Leg
-from pbx_edge.b2bua.calls import ALLOW, CallFlows, is_sdp
+from pbx_edge.b2bua.calls import CallFlows
+from pbx_edge.b2bua.flow_base import ALLOW, is_sdp
 from pbx_edge.b2bua.messages import cancel_for
 from pbx_edge.b2bua.triggers import Trigger, TriggerPolicy
 from pbx_edge.media.dtmf import parse_info_dtmf

@@ -1,149 +1,33 @@
-"""Call flows of the B2BUA: what the other leg gets for each event on one leg.
+"""Call flows of the B2BUA: a new call, the callee's answers, CANCEL, no answer, failures.
 
 Mixed into :class:`pbx_edge.b2bua.core.EdgeCore`, which supplies the transaction layer, the router,
-media and bookkeeping. Flows follow RFC 3261 (INVITE/ACK/CANCEL/BYE), RFC 3262 (reliable provisional
-responses: our RSeq toward the caller is mapped to the callee's RSeq, PRACK relayed end to end),
-RFC 3311 (UPDATE) and RFC 3261 §14 (re-INVITE, 491 on glare).
-
-In-dialog requests go to the peer's flow (the address the caller's INVITE came from, the address the
-callee's INVITE went to) unless the dialog has a route set: phones behind NAT are reachable only on
-their flow, and a proxy or trunk in front of the callee routes by Request-URI.
+media and bookkeeping. Flows follow RFC 3261 (INVITE/ACK/CANCEL/BYE); reliable provisional responses
+(RFC 3262) are in :mod:`pbx_edge.b2bua.reliable`, in-dialog requests in :mod:`pbx_edge.b2bua.in_dialog`,
+the shared helpers in :mod:`pbx_edge.b2bua.flow_base`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from pbx_edge.b2bua.call import (
-    Call,
-    CalleeInvite,
-    CallState,
-    CancelSent,
-    EndReason,
-    Hangup,
-    Leg,
-    OwnPrack,
-    Relayed,
-    ReliableProvisional,
-)
-from pbx_edge.b2bua.messages import (
-    IN_DIALOG_PASS_HEADERS,
-    PASSABLE_REQUIRE,
-    callee_invite,
-    caller_identity,
-    cancel_for,
-    copy_headers,
-    relayed_response,
-)
-from pbx_edge.b2bua.no_answer import AnswerWithAi, NoAnswerPolicy
-from pbx_edge.b2bua.routing import Router
-from pbx_edge.b2bua.triggers import Trigger
-from pbx_edge.media.dtmf import parse_info_dtmf
-from pbx_edge.media.interface import MediaManager, MediaUnavailable, SdpKind, SdpRejected, Side
-from pbx_edge.ops.config import EdgeConfig
+from pbx_edge.b2bua.call import Call, CalleeInvite, CallState, EndReason, Leg, Relayed, ReliableProvisional
+from pbx_edge.b2bua.flow_base import int_or_none, is_sdp
+from pbx_edge.b2bua.in_dialog import InDialogFlows
+from pbx_edge.b2bua.messages import callee_invite, caller_identity, relayed_response
+from pbx_edge.b2bua.no_answer import AnswerWithAi
+from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
 from pbx_edge.sip.dialog import Dialog
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.ids import new_call_id, new_tag
 from pbx_edge.sip.message import Request, Response
 from pbx_edge.sip.responses import make_response
-from pbx_edge.sip.timers import TimerHeap
-from pbx_edge.sip.transaction import (
-    ClientTransaction,
-    ServerTransaction,
-    TimerSettings,
-    TransactionLayer,
-    TxState,
-)
-
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
-ACCEPT = "application/sdp"
-TARGET_REFRESH = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"})
-
+from pbx_edge.sip.transaction import ClientTransaction, ServerTransaction, TxState
 
 log = logging.getLogger("pbx_edge.b2bua")
 
 
-def is_sdp(message: Request | Response) -> bool:
-    content_type = message.headers.get("Content-Type") or ""
-    return bool(message.body) and content_type.lower().startswith("application/sdp")
-
-
-class CallFlows:
-    """The call flows; :class:`~pbx_edge.b2bua.core.EdgeCore` provides the state and the hooks below."""
-
-    tx: TransactionLayer
-    config: EdgeConfig
-    router: Router
-    media: MediaManager
-    no_answer: NoAnswerPolicy
-    calls: dict[str, Call]
-    by_call_id: dict[str, Call]
-    timers: TimerHeap[tuple[str, str, int]]
-    settings: TimerSettings
-    stats: dict[str, int]
-    supported: frozenset[str]
-    refusing: str | None
-
-    def via(self, transport: str) -> str:
-        raise NotImplementedError
-
-    def contact(self, transport: str) -> str:
-        raise NotImplementedError
-
-    def local_host(self, transport: str) -> str:
-        raise NotImplementedError
-
-    def emit_dtmf(self, call: Call, side: Side, digit: str) -> None:
-        raise NotImplementedError
-
-    def notify(self, name: str, data: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def emit(self, event: str, call: Call) -> None:
-        raise NotImplementedError
-
-    def register_call(self, call: Call) -> None:
-        raise NotImplementedError
-
-    def attach_callee(self, call: Call, leg: Leg) -> None:
-        raise NotImplementedError
-
-    def end_call(self, call: Call, reason: EndReason, now: float, status: int | None = None) -> None:
-        raise NotImplementedError
-
-    # the AI attendant (pbx_edge/b2bua/attendant.py)
-    def invite_trigger(self, user: str, routable: bool, known: bool) -> Trigger | None:
-        raise NotImplementedError
-
-    def answer_with_ai(self, call: Call, trigger: Trigger, now: float) -> bool:
-        raise NotImplementedError
-
-    def busy_to_ai(self, call: Call, status: int, now: float) -> bool:
-        raise NotImplementedError
-
-    def on_transfer_timer(self, call: Call, now: float) -> None:
-        raise NotImplementedError
-
-    def _reply(
-        self,
-        tx: ServerTransaction,
-        status: int,
-        reason: str,
-        now: float,
-        *,
-        allow: bool = False,
-        capabilities: bool = False,
-        to_tag: str | None = None,
-    ) -> None:
-        """Answer a request locally (not relayed)."""
-        reply = make_response(tx.request, status, reason, to_tag=to_tag)
-        if allow:
-            reply.headers.add("Allow", ALLOW)
-        if capabilities:
-            reply.headers.add("Accept", ACCEPT)
-            reply.headers.add("Supported", ", ".join(sorted(self.supported)))
-        self.tx.send_response(tx, reply, now)
+class CallFlows(InDialogFlows):
+    """The call flows; :class:`~pbx_edge.b2bua.core.EdgeCore` provides the state and the hooks."""
 
     # --- new calls -------------------------------------------------------------------------------
     def on_initial_invite(self, req: Request, source: Endpoint, tx: ServerTransaction, now: float) -> None:
@@ -294,7 +178,7 @@ class CallFlows:
             b.dialog.update_from_response(resp)
         rseq: int | None = None
         if "100rel" in resp.option_tags("Require"):
-            rseq = _int_or_none(resp.headers.get("RSeq"))
+            rseq = int_or_none(resp.headers.get("RSeq"))
             if rseq is None or rseq <= call.last_callee_rseq:
                 return  # a retransmission, or unusable
             call.last_callee_rseq = rseq
@@ -372,16 +256,6 @@ class CallFlows:
             body=self._rewrite(call, Side.CALLEE, resp),
         )
 
-    def _fail_caller(self, call: Call, status: int, reason: str, now: float) -> None:
-        out = make_response(call.a_invite_tx.request, status, reason, to_tag=call.a.dialog.local_tag)
-        self._final_to_caller(call, out, now)
-
-    def _final_to_caller(self, call: Call, out: Response, now: float) -> None:
-        call.a_final_sent = True
-        if call.final_status is None:
-            call.final_status = out.status
-        self.tx.send_response(call.a_invite_tx, out, now)
-
     def on_stray_response(self, resp: Response, now: float) -> None:
         """A 2xx retransmission that outlived its transaction: ACK it again."""
         if not 200 <= resp.status < 300:
@@ -404,52 +278,6 @@ class CallFlows:
             return
         self._fail_caller(call, 487, "Request Terminated", now)
         self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
-
-    def hangup(
-        self,
-        call_id: str,
-        reason: EndReason,
-        now: float,
-        *,
-        only_confirmed: bool = False,
-        status: tuple[int, str] = (480, "Temporarily Unavailable"),
-    ) -> bool:
-        """End call ``call_id`` from the edge itself (media timeout, admin, error): BYE on both legs
-        of a talking call; a call not yet answered gets ``status`` on the caller leg and CANCEL on
-        the callee leg (unless ``only_confirmed``). Returns whether the call is now ending."""
-        call = self.calls.get(call_id)
-        if call is None or call.state in (CallState.TERMINATED, CallState.CANCELLING):
-            return False
-        if call.state is CallState.CONFIRMED:
-            for leg in (call.a, call.b):
-                if leg is not None:
-                    self._send_bye(call, leg, now)
-            self.end_call(call, reason, now)
-            return True
-        if only_confirmed:
-            return False
-        if not call.a_final_sent:
-            self._fail_caller(call, *status, now)
-        self._abandon_callee(call, reason, now)
-        return True
-
-    def _abandon_callee(self, call: Call, reason: EndReason, now: float) -> None:
-        """The caller has its final answer; end the callee leg with CANCEL (or later, when possible)."""
-        call.state = CallState.CANCELLING
-        call.end_reason = reason
-        self.timers.cancel((call.id, "no_answer", 0))
-        if call.b_provisional_seen:
-            self._send_cancel(call, now)
-        else:
-            call.cancel_b_when_possible = True  # RFC 3261 §9.1: not before a provisional response
-
-    def _send_cancel(self, call: Call, now: float) -> None:
-        call.cancel_b_when_possible = False
-        invite_tx = call.b_invite_tx
-        if invite_tx is None or invite_tx.state not in (TxState.CALLING, TxState.PROCEEDING):
-            return
-        client_tx = self.tx.send_request(cancel_for(invite_tx.request), invite_tx.dest, now)
-        client_tx.owner = CancelSent(call)
 
     def _on_call_timer(self, key: tuple[str, str, int], now: float) -> None:
         call_id, kind, number = key
@@ -475,158 +303,6 @@ class CallFlows:
         self._fail_caller(call, outcome.status, outcome.reason, now)
         self._abandon_callee(call, EndReason.NO_ANSWER, now)
 
-    # --- RFC 3262 reliable provisional responses -----------------------------------------------------
-    def _caller_supports_100rel(self, call: Call) -> bool:
-        invite = call.a_invite_tx.request
-        return "100rel" in (invite.option_tags("Supported") | invite.option_tags("Require"))
-
-    def _retransmit_reliable(self, call: Call, ours: int, now: float) -> None:
-        pending = call.unacked_reliable.get(ours)
-        if pending is None or call.a_final_sent:
-            return
-        give_up_at = pending.sent_at + 64 * self.settings.t1
-        if now >= give_up_at:
-            del call.unacked_reliable[ours]
-            self._fail_caller(call, 504, "Reliable Provisional Response Not Acknowledged", now)
-            self._abandon_callee(call, EndReason.TIMEOUT, now)
-            return
-        self.tx.send_response(call.a_invite_tx, pending.response, now)
-        pending.interval *= 2  # RFC 3262 §3: T1, doubling, until 64*T1
-        self.timers.schedule((call.id, "rel1xx", ours), min(now + pending.interval, give_up_at))
-
-    def _on_prack(self, call: Call, leg: Leg, req: Request, tx: ServerTransaction, now: float) -> None:
-        rack = (req.headers.get("RAck") or "").split()
-        rseq = _int_or_none(rack[0]) if len(rack) == 3 else None
-        if rseq is None:
-            self._reply(tx, 400, "Bad RAck Header", now)
-            return
-        pending = call.unacked_reliable.pop(rseq, None) if leg is call.a else None
-        if pending is None:
-            self._reply(tx, 481, "No Matching Reliable Provisional Response", now)
-            return
-        self.timers.cancel((call.id, "rel1xx", rseq))
-        b = call.b
-        if pending.callee_rseq is None or b is None or call.b_invite_tx is None:
-            self._reply(tx, 200, "OK", now)
-            return
-        out = b.dialog.new_request("PRACK", self.via(b.transport), None)
-        out.headers.add("RAck", f"{pending.callee_rseq} {call.b_invite_tx.request.cseq.seq} INVITE")
-        copy_headers(req.headers, out.headers, IN_DIALOG_PASS_HEADERS)
-        out.body = self._rewrite(call, Side.CALLER, req)
-        client_tx = self.tx.send_request(out, self._dest(b), now)
-        client_tx.owner = Relayed(call, tx, leg, b)
-
-    def _own_prack(self, call: Call, b: Leg, rseq: int, resp: Response, now: float) -> None:
-        """The caller cannot PRACK (no 100rel): acknowledge the callee's reliable 1xx ourselves."""
-        out = b.dialog.new_request("PRACK", self.via(b.transport), None)
-        out.headers.add("RAck", f"{rseq} {resp.cseq.seq} INVITE")
-        client_tx = self.tx.send_request(out, self._dest(b), now)
-        client_tx.owner = OwnPrack(call)
-
-    # --- in-dialog requests ----------------------------------------------------------------------------
-    def on_in_dialog_request(self, req: Request, source: Endpoint, tx: ServerTransaction, now: float) -> None:
-        call = self.by_call_id.get(req.call_id)
-        leg = call.leg_for_call_id(req.call_id) if call is not None else None
-        if call is None or leg is None or not _tags_match(leg, req):
-            self._reply(tx, 481, "Call/Transaction Does Not Exist", now)
-            return
-        if not leg.dialog.accept_remote_cseq(req):
-            self._reply(tx, 500, "CSeq Out of Order", now)
-            return
-        method = req.method
-        if method == "BYE":
-            self._on_bye(call, leg, tx, now)
-        elif method == "PRACK":
-            self._on_prack(call, leg, req, tx, now)
-        elif method == "OPTIONS":
-            self._reply(tx, 200, "OK", now, allow=True, capabilities=True)
-        else:
-            self._relay(call, leg, req, tx, now)
-
-    def _on_bye(self, call: Call, leg: Leg, tx: ServerTransaction, now: float) -> None:
-        self._reply(tx, 200, "OK", now)
-        if call.state is CallState.TERMINATED:
-            return
-        other = call.other(leg)
-        by_caller = leg is call.a
-        if call.state is CallState.CONFIRMED:
-            if other is not None:
-                self._send_bye(call, other, now)
-            self.end_call(call, EndReason.CALLER_BYE if by_caller else EndReason.CALLEE_BYE, now)
-        elif by_caller:
-            if not call.a_final_sent:
-                self._fail_caller(call, 487, "Request Terminated", now)
-            self._abandon_callee(call, EndReason.CALLER_CANCEL, now)
-        else:
-            if not call.a_final_sent:
-                self._fail_caller(call, 480, "Temporarily Unavailable", now)
-            self.end_call(call, EndReason.CALLEE_BYE, now)
-
-    def _relay(self, call: Call, leg: Leg, req: Request, tx: ServerTransaction, now: float) -> None:
-        other = call.other(leg)
-        if other is None or call.state in (CallState.CANCELLING, CallState.TERMINATED):
-            self._reply(tx, 481, "Call/Transaction Does Not Exist", now)
-            return
-        method = req.method
-        if method == "INVITE":
-            if leg.out_invite_pending:
-                self._reply(tx, 491, "Request Pending", now)
-                return
-            if leg.in_invite_pending:
-                reply = make_response(req, 500, "Previous INVITE Still Pending")
-                reply.headers.add("Retry-After", "1")
-                self.tx.send_response(tx, reply, now)
-                return
-            leg.in_invite_pending = True
-            other.out_invite_pending = True
-        if method == "INFO" and req.body:
-            digit = parse_info_dtmf(req.headers.get("Content-Type") or "", req.body)
-            if digit is not None:
-                self.emit_dtmf(call, leg.side, digit)
-        if method in TARGET_REFRESH:
-            leg.dialog.update_target(req)
-        contact = self.contact(other.transport) if method in TARGET_REFRESH else None
-        out = other.dialog.new_request(method, self.via(other.transport), contact)
-        copy_headers(req.headers, out.headers, IN_DIALOG_PASS_HEADERS)
-        required = sorted(req.option_tags("Require") & PASSABLE_REQUIRE)
-        if required:
-            out.headers.add("Require", ", ".join(required))
-        try:
-            out.body = self._rewrite(call, leg.side, req) if is_sdp(req) else req.body
-        except SdpRejected as exc:
-            if method == "INVITE":
-                leg.in_invite_pending = other.out_invite_pending = False
-            self._reply(tx, exc.status, exc.reason, now)
-            return
-        client_tx = self.tx.send_request(out, self._dest(other), now)
-        client_tx.owner = Relayed(call, tx, leg, other)
-
-    def _on_relayed_response(self, owner: Relayed, tx: ClientTransaction, resp: Response, now: float) -> None:
-        status = resp.status
-        if status == 100:
-            return
-        target = owner.target_leg
-        if tx.request.method == "INVITE" and status >= 200:
-            if status < 300:
-                if not target.out_invite_pending:
-                    self._resend_ack(target)  # retransmitted 2xx
-                    return
-                target.dialog.update_from_response(resp)
-                self._ack(target, resp.cseq.seq)
-            target.out_invite_pending = False
-            owner.origin_leg.in_invite_pending = False
-        if owner.origin.state not in (TxState.TRYING, TxState.PROCEEDING):
-            return
-        method = owner.origin.request.method
-        out = relayed_response(
-            owner.origin.request,
-            resp,
-            to_tag=None,
-            contact=self.contact(owner.origin_leg.transport) if method in TARGET_REFRESH else None,
-            body=self._rewrite(owner.call, target.side, resp),
-        )
-        self.tx.send_response(owner.origin, out, now)
-
     # --- failures ----------------------------------------------------------------------------------------
     def on_call_failure(self, owner: object, tx: ClientTransaction, now: float, *, timeout: bool) -> None:
         if isinstance(owner, CalleeInvite):
@@ -644,74 +320,3 @@ class CallFlows:
             if owner.origin.state in (TxState.TRYING, TxState.PROCEEDING):
                 status, reason = (408, "Request Timeout") if timeout else (503, "Service Unavailable")
                 self.tx.send_response(owner.origin, make_response(owner.origin.request, status, reason), now)
-
-    def on_unacknowledged(self, call: Call, tx: ServerTransaction, now: float) -> None:
-        """A 2xx to an INVITE was never ACKed (Timer L): the dialog is dead, hang up both legs."""
-        last = tx.last_response
-        if last is None or not 200 <= last.status < 300 or call.state is CallState.TERMINATED:
-            return
-        for leg in (call.a, call.b):
-            if leg is not None:
-                self._send_bye(call, leg, now)
-        self.end_call(call, EndReason.TIMEOUT, now)
-
-    def on_ack(self, req: Request, now: float) -> None:
-        """ACK for a 2xx we sent: each leg's ACK is ours to send, so nothing crosses to the other
-        leg, except the SDP answer of a late offer, which the callee's ACK carries on."""
-        call = self.by_call_id.get(req.call_id)
-        if call is None or call.late_offer_cseq is None or call.a.dialog.call_id != req.call_id:
-            return
-        b = call.b
-        cseq, call.late_offer_cseq = call.late_offer_cseq, None
-        if b is None:
-            return
-        try:
-            body = self._rewrite(call, Side.CALLER, req)
-        except SdpRejected as exc:  # the caller's answer is unusable: the callee cannot use it either
-            log.warning("call %s: SDP answer in the caller's ACK refused: %s", call.id, exc.reason)
-            self._ack(b, cseq)
-            self.hangup(call.id, EndReason.ERROR, now)
-            return
-        self._ack(b, cseq, body)
-
-    # --- sending helpers -------------------------------------------------------------------------------
-    def _dest(self, leg: Leg) -> Endpoint:
-        if leg.dialog.route_set:
-            return leg.dialog.next_hop(leg.transport)
-        return leg.peer
-
-    def _ack(self, leg: Leg, cseq: int, body: bytes = b"") -> None:
-        ack = leg.dialog.ack(cseq, self.via(leg.transport))
-        if body:
-            ack.headers.add("Content-Type", "application/sdp")
-            ack.body = body
-        dest = self._dest(leg)
-        leg.last_ack = (ack, dest)
-        self.tx.send_stateless(ack, dest)
-
-    def _resend_ack(self, leg: Leg) -> None:
-        if leg.last_ack is not None:
-            self.tx.send_stateless(*leg.last_ack)
-
-    def _send_bye(self, call: Call, leg: Leg, now: float) -> None:
-        bye = leg.dialog.new_request("BYE", self.via(leg.transport), None)
-        client_tx = self.tx.send_request(bye, self._dest(leg), now)
-        client_tx.owner = Hangup(call, leg)
-
-    def _rewrite(self, call: Call, from_side: Side, message: Request | Response) -> bytes:
-        if not is_sdp(message):
-            return b""
-        is_offer = isinstance(message, Request) and message.method not in ("PRACK", "ACK")
-        kind = SdpKind.OFFER if is_offer else SdpKind.ANSWER
-        return call.media.rewrite(from_side, kind, message.body)
-
-
-def _tags_match(leg: Leg, req: Request) -> bool:
-    dialog = leg.dialog
-    return req.to_tag == dialog.local_tag and (dialog.remote_tag is None or req.from_tag == dialog.remote_tag)
-
-
-def _int_or_none(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value)

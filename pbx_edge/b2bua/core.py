@@ -25,7 +25,7 @@ from typing import Any
 from pbx_edge.b2bua.attendant import AttendantBackend, AttendedCall
 from pbx_edge.b2bua.away import AwayTable
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
-from pbx_edge.b2bua.calls import ACCEPT, ALLOW
+from pbx_edge.b2bua.flow_base import ACCEPT, ALLOW
 from pbx_edge.b2bua.location import Binding, LocationTable
 from pbx_edge.b2bua.messages import contact_header, via_header
 from pbx_edge.b2bua.no_answer import AiOnNoAnswer, NoAnswerPolicy
