@@ -46,6 +46,7 @@ from pbx_edge.ai_link.live import CallTranscript, LiveTranscript, TranscriptItem
 from pbx_edge.ai_link.protocol import (
     ActionMessage,
     AgentEvent,
+    CalleeAvailableMessage,
     DtmfMessage,
     HangupAction,
     TranscriptEvent,
@@ -54,6 +55,7 @@ from pbx_edge.ai_link.protocol import (
     TransferMessage,
 )
 from pbx_edge.ai_link.transcripts import TranscriptStore
+from pbx_edge.b2bua.availability import AVAILABLE_BECAUSE
 from pbx_edge.b2bua.call import Call, EndReason
 from pbx_edge.media.interface import MediaUnavailable, Side
 from pbx_edge.media.local_answer import answer_locally, transfer_offer
@@ -127,6 +129,8 @@ class AiBridge:
             self._transferred(call_id)
         elif event.name == "call.transfer_failed":
             self.transferring.pop(call_id, None)
+        elif event.name == "call.callee_available":
+            self._callee_available(call_id, event.callee or "")
         elif event.name == "call.ended":
             watchdog = self.attended.pop(call_id, None)
             if watchdog is not None:
@@ -136,6 +140,15 @@ class AiBridge:
             if call_id in self.transcripts:
                 self.link.stop_call(call_id, str(event.data.get("reason", "hangup")))
                 del self.transcripts[call_id]
+
+    def _callee_available(self, call_id: str, extension: str) -> None:
+        """The callee of an attended call can be reached again: the AI decides what to do."""
+        attended = self.node.core.attended.get(call_id)
+        stream = self.link.stream(call_id)
+        reason = AVAILABLE_BECAUSE.get(attended.trigger) if attended is not None else None
+        if stream is None or reason is None or not extension:
+            return
+        stream.send_control(CalleeAvailableMessage(extension=extension, reason=reason))
 
     def _dtmf(self, call_id: str, data: dict[str, Any]) -> None:
         """A digit (RFC 4733 or SIP INFO) of a streamed call goes to the AI as a ``dtmf`` control."""

@@ -11,7 +11,7 @@ The edge opens ``/v1/calls/{call_id}/stream`` and sends, in order:
    when this is a reconnection for the same call);
 2. JSON :class:`GapMessage` controls for media lost since the previous connection, if any;
 3. binary audio batches (see below), interleaved with JSON controls (hold, unhold, transfer,
-   dtmf, gap) as they happen;
+   callee_available, dtmf, gap) as they happen;
 4. a JSON :class:`EndMessage`, then a close with code 1000.
 
 The AI side sends JSON :class:`TranscriptEvent` and :class:`TranscriptGap` messages, action
@@ -71,6 +71,7 @@ __all__ = [
     "AiMessage",
     "AudioFrame",
     "BridgeAction",
+    "CalleeAvailableMessage",
     "ControlMessage",
     "DtmfMessage",
     "EdgeMessage",
@@ -316,6 +317,16 @@ class TransferMessage(_Message):
     target: str = Field(min_length=1)
 
 
+class CalleeAvailableMessage(_Message):
+    """The extension the AI attendant answered for can be reached again: it ``registered``, is
+    ``back`` from away, or its call ended (``call_ended``, for a ``busy`` trigger). The AI may offer
+    the caller a ``transfer`` to it; sent at most once per call."""
+
+    type: Literal["callee_available"] = "callee_available"
+    extension: str = Field(min_length=1)
+    reason: Literal["registered", "back", "call_ended"]
+
+
 class DtmfMessage(_Message):
     type: Literal["dtmf"] = "dtmf"
     leg: LegName
@@ -435,7 +446,13 @@ class BridgeAction(_Message):
 
 
 ControlMessage: TypeAlias = Annotated[
-    HoldMessage | UnholdMessage | TransferMessage | DtmfMessage | EndMessage | GapMessage,
+    HoldMessage
+    | UnholdMessage
+    | TransferMessage
+    | CalleeAvailableMessage
+    | DtmfMessage
+    | EndMessage
+    | GapMessage,
     Field(discriminator="type"),
 ]
 ActionMessage: TypeAlias = Annotated[
@@ -447,7 +464,16 @@ AiMessage: TypeAlias = TranscriptEvent | TranscriptGap | AgentEvent | ActionMess
 
 _EDGE_TYPES: dict[str, type[_Message]] = {
     m.model_fields["type"].default: m
-    for m in (StartMessage, HoldMessage, UnholdMessage, TransferMessage, DtmfMessage, EndMessage, GapMessage)
+    for m in (
+        StartMessage,
+        HoldMessage,
+        UnholdMessage,
+        TransferMessage,
+        CalleeAvailableMessage,
+        DtmfMessage,
+        EndMessage,
+        GapMessage,
+    )
 }
 _AI_TYPES: dict[str, type[_Message]] = {
     m.model_fields["type"].default: m

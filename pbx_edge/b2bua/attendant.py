@@ -68,10 +68,12 @@ class AttendantBackend(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AttendedCall:
-    """A call the AI attendant answered: why, and the SDP we answered with (for re-INVITEs)."""
+    """A call the AI attendant answered: why, the SDP we answered with (for re-INVITEs), and whether
+    the AI was told that the callee can be reached again (pbx_edge/b2bua/availability.py)."""
 
     trigger: Trigger
     sdp: bytes
+    callee_available: bool = False
 
 
 @dataclass(slots=True, eq=False)

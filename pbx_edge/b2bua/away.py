@@ -7,16 +7,21 @@ again by whoever manages it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class AwayTable:
     def __init__(self) -> None:
         self._away: set[str] = set()
+        self.on_back: list[Callable[[str], None]] = []  # called with an extension no longer away
 
     def set_away(self, extension: str, away: bool) -> None:
         if away:
             self._away.add(extension)
-        else:
+        elif extension in self._away:
             self._away.discard(extension)
+            for listener in self.on_back:
+                listener(extension)
 
     def is_away(self, extension: str) -> bool:
         return extension in self._away

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbx_edge.b2bua.attendant import AttendantBackend, AttendedCall
+from pbx_edge.b2bua.availability import AvailabilityFlows
 from pbx_edge.b2bua.away import AwayTable
 from pbx_edge.b2bua.call import Call, CallState, EndReason, Leg, OptionsPing
 from pbx_edge.b2bua.flow_base import ACCEPT, ALLOW
@@ -32,7 +33,7 @@ from pbx_edge.b2bua.no_answer import AiOnNoAnswer, NoAnswerPolicy
 from pbx_edge.b2bua.options_ping import OptionsPinger
 from pbx_edge.b2bua.registrar import Registrar
 from pbx_edge.b2bua.routing import Router
-from pbx_edge.b2bua.transfer import TransferFlows, TransferInvite
+from pbx_edge.b2bua.transfer import TransferInvite
 from pbx_edge.b2bua.triggers import TriggerPolicy
 from pbx_edge.media.interface import MediaManager, PassThroughMedia, Side
 from pbx_edge.ops.config import EdgeConfig
@@ -70,7 +71,7 @@ class LocalAddress:
     port: int
 
 
-class EdgeCore(TransferFlows):
+class EdgeCore(AvailabilityFlows):
     def __init__(
         self,
         config: EdgeConfig,
@@ -100,6 +101,7 @@ class EdgeCore(TransferFlows):
         self.attendant = attendant  # the AI side; None: calls are never handed to the AI attendant
         self.attended: dict[str, AttendedCall] = {}  # calls the AI attendant answered, by our call id
         self.away = AwayTable()
+        self.away.on_back.append(self.on_back)
         self.transfers: dict[str, TransferInvite] = {}  # attended calls being transferred
         self.calls: dict[str, Call] = {}  # by our call id
         self.by_call_id: dict[str, Call] = {}  # both legs' Call-IDs -> call
@@ -316,6 +318,7 @@ class EdgeCore(TransferFlows):
             self.tx.send_response(tx, result.response, now)
             for binding in result.added:
                 self.notify_binding("registration.added", binding, now)
+                self.on_registered(binding)
             for binding in result.removed:
                 self.notify_binding("registration.removed", binding, now)
         elif method == "OPTIONS":
@@ -418,6 +421,7 @@ class EdgeCore(TransferFlows):
         try:
             self.emit("call.ended", call)  # listeners still see the media (AI streams end first)
         finally:
+            self.on_call_over(call)
             self.attended.pop(call.id, None)
             self.forget_transfer(call, now)
             call.media.close()

@@ -84,6 +84,8 @@ class CallEventAdapter:
         elif name == "call.answered":
             data["codec"] = self._codecs[call.id] = self.codec_of(call)
             stamp = call.answered_at or stamp
+        elif name == "call.callee_available":
+            data["extension"] = call.callee
         elif name == "call.ended":
             record = self.cdr_record(call)
             self.cdr.add(record)

@@ -43,6 +43,11 @@ callee leg exists), ``caller`` and ``callee``. The ``data`` fields per event nam
 ``call.transfer_failed``
     the transfer target refused, did not answer in time or gave an unusable answer; no fields. The
     call stays with the AI.
+``call.callee_available``
+    the extension the AI attendant answered for can be reached again (``unregistered``: it
+    registered, ``away``: it is back, ``busy``: its call through this edge ended; the trigger is in
+    the call's ``call.ai_answered``): ``extension``. Once per attended call; the AI is told and
+    may offer a transfer (pbx_edge/b2bua/availability.py).
 agent events
     any other name (e.g. ``attendant.summary``, ``ivr.intent``): published for a streamed call when
     the AI sends an ``agent_event``; ``data`` is the agent's own object. Names starting with

@@ -19,6 +19,7 @@ EVENT_NAMES = (
     "call.ai_answered",
     "call.transferred",
     "call.transfer_failed",
+    "call.callee_available",
     "registration.added",
     "registration.expired",
     "dtmf",

@@ -197,6 +197,29 @@ class Phone(asyncio.DatagramProtocol):
             self._send(dialog.request("ACK", 1), edge)
             return dialog
 
+    async def register(
+        self, edge: tuple[str, int], user: str, domain: str = "pbx.local", expires: int = 300
+    ) -> int:
+        """REGISTER ``user@domain`` at ``edge`` with this phone as its contact; the final status."""
+        call_id = uuid.uuid4().hex
+        branch = "z9hG4bK" + uuid.uuid4().hex[:16]
+        lines = [
+            f"REGISTER sip:{edge[0]}:{edge[1]} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.host}:{self.sip_port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"To: <sip:{user}@{domain}>",
+            f"From: <sip:{user}@{domain}>;tag=reg-{call_id[:8]}",
+            f"Call-ID: {call_id}",
+            "CSeq: 1 REGISTER",
+            f"Contact: <sip:{user}@{self.host}:{self.sip_port}>;expires={expires}",
+            "Content-Length: 0",
+        ]
+        self._send(("\r\n".join(lines) + "\r\n\r\n").encode(), edge)
+        while True:
+            resp = await asyncio.wait_for(self.responses.get(), 10)
+            if resp.call_id == call_id and resp.status >= 200:
+                return resp.status
+
     def _send(self, data: bytes, dest: tuple[str, int]) -> None:
         assert self.transport is not None
         self.transport.sendto(data, dest)
