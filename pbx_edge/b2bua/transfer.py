@@ -1,6 +1,7 @@
 """The AI attendant's ``transfer`` action: connect an attended caller to an extension.
 
-Theory of operation. :meth:`TransferFlows.transfer` routes the target (an extension of our domain
+Theory of operation. :meth:`TransferFlows.transfer` routes the target (an extension of our domain,
+or of the host the caller dialled, as phones that register with the PBX's IP address are keyed;
 or a SIP URI) like a new call and sends it an INVITE on a new callee leg, offering the relay's
 callee-side address with the codec the caller was answered with (the relay does not transcode; the
 backend writes that offer). The caller keeps hearing the AI meanwhile. When the target answers, the
@@ -56,7 +57,8 @@ class TransferFlows(AttendantFlows):
             return False
         if call.state is not CallState.CONFIRMED or backend is None:
             return False
-        uri = self._transfer_uri(target)
+        # routing looks for registrations under our domain and under this host, as for the caller's call
+        uri = self._transfer_uri(target, call.a_invite_tx.request.request_uri.host)
         routes = self.router.resolve(uri, now) if uri is not None else []
         if not routes:
             log.info("call %s: transfer target %r has no route", call.id, target)
@@ -91,13 +93,14 @@ class TransferFlows(AttendantFlows):
         log.info("call %s: transferring to %s (%s)", call.id, target, route.uri)
         return True
 
-    def _transfer_uri(self, target: str) -> SipUri | None:
+    def _transfer_uri(self, target: str, host: str) -> SipUri | None:
+        """A SIP URI as it is; an extension as ``sip:target@host``."""
         if target.startswith(("sip:", "sips:")):
             try:
                 return SipUri.parse(target)
             except ValueError:
                 return None
-        return SipUri(user=quote(target, safe=_USER_SAFE), host=self.config.sip.domain)
+        return SipUri(user=quote(target, safe=_USER_SAFE), host=host)
 
     # --- the target's answers ------------------------------------------------------------------
     def on_call_response(self, owner: object, tx: ClientTransaction, resp: Response, now: float) -> None:

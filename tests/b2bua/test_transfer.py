@@ -136,3 +136,21 @@ def test_what_cannot_be_transferred() -> None:
     (talking,) = core3.calls.values()
     assert talking.state is CallState.CONFIRMED
     assert not core3.transfer(talking.id, "bob", wire3.now)
+
+
+def test_an_extension_registered_under_the_pbx_address_is_a_transfer_target() -> None:
+    """Phones that register as ``dave@<the PBX's IP>`` (not the configured domain) are found too."""
+    core, wire, *_ = _attended()
+    register = (
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKregdave;rport\r\n"
+        "Max-Forwards: 70\r\nTo: <sip:dave@127.0.0.1>\r\nFrom: <sip:dave@127.0.0.1>;tag=d1\r\n"
+        "Call-ID: reg-dave\r\nCSeq: 1 REGISTER\r\nContact: <sip:dave@127.0.0.1:5080>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    wire.deliver(register.encode(), TARGET)
+    assert wire.take_one(TARGET, "200")
+    (call,) = core.calls.values()
+    assert core.transfer(call.id, "dave", wire.now)
+    wire._collect()
+    assert _target_invite(wire).uri == "sip:dave@127.0.0.1:5080"

@@ -198,9 +198,11 @@ class Phone(asyncio.DatagramProtocol):
             return dialog
 
     async def register(
-        self, edge: tuple[str, int], user: str, domain: str = "pbx.local", expires: int = 300
+        self, edge: tuple[str, int], user: str, domain: str | None = None, expires: int = 300
     ) -> int:
-        """REGISTER ``user@domain`` at ``edge`` with this phone as its contact; the final status."""
+        """REGISTER ``user@domain`` (default: the edge's address, as desk phones do) at ``edge`` with
+        this phone as its contact; returns the final status."""
+        domain = domain or edge[0]
         call_id = uuid.uuid4().hex
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         lines = [
