@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from ..llm.backends import BaseChatBackend, create_chat_backend
-from ..llm.types import ChatRequest, Message, ToolChoice
+from ..llm.types import ChatOptions, ChatRequest, Message, StreamOptions
 
 __all__ = ["LlmDeployment", "LlmOptions"]
 
@@ -97,54 +97,15 @@ class LlmDeployment:
             "last_first_token_s": stats.last_first_token_s,
         }
 
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        seed: int | None = None,
-    ) -> dict[str, Any]:
+    async def chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> dict[str, Any]:
         """A :class:`~ai_serve.llm.ChatResult` as a dict (``ChatResult.from_dict`` restores it)."""
-        request = ChatRequest.create(
-            messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            json_schema=json_schema,
-            grammar=grammar,
-            tools=tools,
-            tool_choice=tool_choice,
-            seed=seed,
-        )
-        return (await self.backend.complete(request)).to_dict()
+        return (await self.backend.complete(ChatRequest.create(messages, **options))).to_dict()
 
     async def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        seed: int | None = None,
+        self, messages: Sequence[Message], **options: Unpack[StreamOptions]
     ) -> AsyncIterator[str]:
         """Text deltas as they are generated; call with ``handle.options(stream=True)``."""
-        request = ChatRequest.create(
-            messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            json_schema=json_schema,
-            grammar=grammar,
-            seed=seed,
-        )
+        request = ChatRequest.for_stream(messages, **options)
         # A caller that hangs up or barges in cancels this generator: close the backend's at once
         # so that it stops generating.
         async with contextlib.aclosing(self.backend.stream_request(request)) as deltas:

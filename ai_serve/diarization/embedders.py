@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from ..models.registry import BackendRegistry
 from ..stt.backends import SAMPLE_RATE, as_float_pcm
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "SpeakerEmbedder",
     "available_embedders",
     "create_embedder",
+    "import_pyannote",
     "register_embedder",
     "require_pyannote",
     "speech_mask",
@@ -177,35 +179,15 @@ class BaseSpeakerEmbedder(ABC):
         """Release the model early (a Serve replica shutting down); optional."""
 
 
-EmbedderFactory = Callable[..., BaseSpeakerEmbedder]
-_REGISTRY: dict[str, EmbedderFactory] = {}
+_REGISTRY = BackendRegistry[BaseSpeakerEmbedder]("speaker embedder")
+available_embedders = _REGISTRY.available
+create_embedder = _REGISTRY.create
 _E = TypeVar("_E", bound=type[BaseSpeakerEmbedder])
 
 
 def register_embedder(name: str) -> Callable[[_E], _E]:
-    """Class decorator: make a backend creatable by ``name`` from config."""
-
-    def deco(cls: _E) -> _E:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"speaker embedder {name!r} is already registered by {_REGISTRY[name]!r}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_embedders() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_embedder(name: str, **options: Any) -> BaseSpeakerEmbedder:
-    """Instantiate the embedder registered as ``name`` with its keyword options."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_embedders())
-        raise ValueError(f"unknown speaker embedder {name!r}; known: {known}") from None
-    return factory(**options)
+    """Class decorator: make an embedder creatable by ``name`` from config."""
+    return _REGISTRY.register(name)
 
 
 # --------------------------------------------------------------------------------------- resemblyzer
@@ -296,6 +278,18 @@ def require_pyannote(who: str) -> None:
         raise ImportError(f"{who} needs pyannote.audio: {PYANNOTE_HINT}")
 
 
+def import_pyannote(who: str, *names: str) -> tuple[Any, ...]:
+    """``(torch, *names from pyannote.audio)`` for ``who``; ImportError with the install hint if absent."""
+    require_pyannote(who)
+    try:
+        import pyannote.audio  # type: ignore[import-not-found,unused-ignore]
+        import torch  # type: ignore[import-not-found,unused-ignore]
+
+        return (torch, *(getattr(pyannote.audio, name) for name in names))
+    except (ImportError, AttributeError) as e:  # AttributeError: a pyannote.audio without that name
+        raise ImportError(f"{who}: {e}; {PYANNOTE_HINT}") from e
+
+
 @register_embedder("pyannote")
 class PyannoteEmbedder(BaseSpeakerEmbedder):
     """A pyannote.audio embedding model (``Model.from_pretrained`` on a local checkpoint), whole-window.
@@ -310,12 +304,7 @@ class PyannoteEmbedder(BaseSpeakerEmbedder):
         super().__init__(min_speech_s=min_speech_s)
         if model_path is None:
             raise ValueError("the pyannote embedder needs model_path: a local checkpoint (no model hub here)")
-        require_pyannote("the pyannote speaker embedder")
-        try:
-            import torch  # type: ignore[import-not-found,unused-ignore]
-            from pyannote.audio import Inference, Model  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as e:
-            raise ImportError(f"the pyannote speaker embedder: {e}; {PYANNOTE_HINT}") from e
+        torch, Inference, Model = import_pyannote("the pyannote speaker embedder", "Inference", "Model")
         path = Path(model_path)
         if not path.exists():
             raise FileNotFoundError(f"pyannote embedding model not found at {path}")

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from ..stt.backends import SAMPLE_RATE, as_float_pcm
 from ..stt.vad import FRAME_SAMPLES, SpeechEnd, SpeechScorer, StreamingVad, VadConfig
 from .clustering import DEFAULT_THRESHOLD, cluster_embeddings, cosine_matrix
-from .embedders import PYANNOTE_HINT, SpeakerEmbedder, require_pyannote, speech_seconds
+from .embedders import SpeakerEmbedder, import_pyannote, speech_seconds
 
 __all__ = [
     "DiarizationParams",
@@ -243,12 +243,7 @@ class PyannotePipelineDiarizer:
     """
 
     def __init__(self, config_path: str | Path, device: str = "cuda") -> None:
-        require_pyannote("PyannotePipelineDiarizer")
-        try:
-            import torch  # type: ignore[import-not-found,unused-ignore]
-            from pyannote.audio import Pipeline  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as e:
-            raise ImportError(f"PyannotePipelineDiarizer: {e}; {PYANNOTE_HINT}") from e
+        torch, Pipeline = import_pyannote("PyannotePipelineDiarizer", "Pipeline")
         path = Path(config_path)
         if not path.is_file():
             raise FileNotFoundError(f"pyannote pipeline config not found at {path}")

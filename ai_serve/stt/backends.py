@@ -20,16 +20,19 @@ run here (no GPU, no NeMo on these machines).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from ..models.errors import ModelError
+from ..models.registry import BackendRegistry
+from ..models.stats import CallCounters
 
 __all__ = [
     "SAMPLE_RATE",
@@ -83,33 +86,24 @@ class SttCapabilities:
     timestamps: bool = True
 
 
-class SttError(RuntimeError):
-    """A backend failed on one request; ``retryable`` says whether the same input may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+class SttError(ModelError):
+    """An STT backend failed on one request (``retryable``: see :class:`ModelError`)."""
 
 
 @dataclass(slots=True)
-class SttStats:
+class SttStats(CallCounters):
     """Counters of one backend instance; ``rtf`` = compute time / audio time."""
 
-    calls: int = 0
-    errors: int = 0
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
     last_compute_seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def rtf(self) -> float:
         return self.compute_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
     def record(self, audio_seconds: float, compute_seconds: float, ok: bool) -> None:
-        with self._lock:
-            self.calls += 1
-            self.errors += 0 if ok else 1
+        with self._counting(ok):
             self.audio_seconds += audio_seconds
             self.compute_seconds += compute_seconds
             self.last_compute_seconds = compute_seconds
@@ -174,34 +168,15 @@ class BaseSttBackend(ABC):
         """Release the model early (a Serve replica shutting down); optional."""
 
 
-BackendFactory = Callable[..., BaseSttBackend]
-_REGISTRY: dict[str, BackendFactory] = {}
+_REGISTRY = BackendRegistry[BaseSttBackend]("STT backend")
+available_backends = _REGISTRY.available
+create_backend = _REGISTRY.create
 _B = TypeVar("_B", bound=type[BaseSttBackend])
 
 
 def register_backend(name: str) -> Callable[[_B], _B]:
     """Class decorator: make a backend creatable by ``name`` from config."""
-
-    def deco(cls: _B) -> _B:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"STT backend {name!r} is already registered by {_REGISTRY[name]!r}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_backend(name: str, **options: Any) -> BaseSttBackend:
-    """Instantiate the backend registered as ``name`` with its keyword options."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown STT backend {name!r}; known: {', '.join(available_backends())}") from None
-    return factory(**options)
+    return _REGISTRY.register(name)
 
 
 # ------------------------------------------------------------------------------------ faster-whisper

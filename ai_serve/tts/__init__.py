@@ -1,41 +1,7 @@
-"""Text-to-speech: the :class:`TtsBackend` interface, its backends and the per-language router."""
+"""Text-to-speech: the :class:`TtsBackend` interface, its backends and the per-language router.
 
-from .backends import (
-    OUTPUT_RATE,
-    BaseTtsBackend,
-    EspeakNgBackend,
-    PiperBackend,
-    TtsBackend,
-    TtsChunk,
-    TtsConfig,
-    TtsError,
-    TtsStats,
-    VoiceRouter,
-    VoiceSpec,
-    available_tts_backends,
-    create_tts_backend,
-    parse_wav,
-    primary_language,
-    register_tts_backend,
-    split_sentences,
-)
+The package's public names are those of :mod:`.backends` (its ``__all__``).
+"""
 
-__all__ = [
-    "OUTPUT_RATE",
-    "BaseTtsBackend",
-    "EspeakNgBackend",
-    "PiperBackend",
-    "TtsBackend",
-    "TtsChunk",
-    "TtsConfig",
-    "TtsError",
-    "TtsStats",
-    "VoiceRouter",
-    "VoiceSpec",
-    "available_tts_backends",
-    "create_tts_backend",
-    "parse_wav",
-    "primary_language",
-    "register_tts_backend",
-    "split_sentences",
-]
+from .backends import *  # noqa: F403 - the public names of .backends, listed once in its __all__
+from .backends import __all__ as __all__

@@ -34,13 +34,17 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..models.errors import ModelError
+from ..models.registry import BackendRegistry
+from ..models.stats import CallCounters
 
 __all__ = [
     "OUTPUT_RATE",
@@ -92,33 +96,24 @@ class TtsChunk:
         return len(self.pcm) / 2 / self.sample_rate
 
 
-class TtsError(RuntimeError):
-    """A backend failed on one request; ``retryable`` says whether the same input may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+class TtsError(ModelError):
+    """A TTS backend failed on one request (``retryable``: see :class:`ModelError`)."""
 
 
 @dataclass(slots=True)
-class TtsStats:
+class TtsStats(CallCounters):
     """Counters of one backend instance; ``rtf`` = compute time / audio time."""
 
-    calls: int = 0
-    errors: int = 0
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
     last_first_chunk_s: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def rtf(self) -> float:
         return self.compute_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
     def record(self, audio: float, compute: float, ok: bool, first_chunk_s: float | None) -> None:
-        with self._lock:
-            self.calls += 1
-            self.errors += 0 if ok else 1
+        with self._counting(ok):
             self.audio_seconds += audio
             self.compute_seconds += compute
             if first_chunk_s is not None:
@@ -215,35 +210,15 @@ class BaseTtsBackend(ABC):
         """Release the model early; optional."""
 
 
-TtsFactory = Callable[..., BaseTtsBackend]
-_REGISTRY: dict[str, TtsFactory] = {}
+_REGISTRY = BackendRegistry[BaseTtsBackend]("TTS backend")
+available_tts_backends = _REGISTRY.available
+create_tts_backend = _REGISTRY.create
 _T = TypeVar("_T", bound=type[BaseTtsBackend])
 
 
 def register_tts_backend(name: str) -> Callable[[_T], _T]:
     """Class decorator: make a backend creatable by ``name`` from config."""
-
-    def deco(cls: _T) -> _T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"TTS backend {name!r} is already registered by {_REGISTRY[name]!r}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available_tts_backends() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_tts_backend(name: str, **options: Any) -> BaseTtsBackend:
-    """Instantiate the backend registered as ``name`` with its keyword options."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(available_tts_backends())
-        raise ValueError(f"unknown TTS backend {name!r}; known: {known}") from None
-    return factory(**options)
+    return _REGISTRY.register(name)
 
 
 # -------------------------------------------------------------------------------------------- piper
