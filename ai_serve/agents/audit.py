@@ -1,9 +1,10 @@
 """The audit log of tool calls: every call an agent makes, with personal data masked, in a database.
 
 :class:`AuditLog` is the :class:`~ai_serve.agents.tools.CallRecorder` of a tool registry. ``record()``
-masks the arguments and appends a row to a :class:`~pbx_edge.ops.db.BatchWriter`, which commits batches
-from a worker thread about every 100 ms: the event loop never waits for the database (``record`` itself
-costs the masking regexes, tens of microseconds). The table and the read side live in
+masks the arguments and appends a row to a :class:`~pbx_edge.ops.db.BatchWriter` (through
+:class:`~pbx_edge.ops.buffered_store.BufferedStore`), which commits batches from a worker thread
+about every 100 ms: the event loop never waits for the database (``record`` itself costs the
+masking regexes, tens of microseconds). The table and the read side live in
 :mod:`pbx_edge.ops.tool_audit`, so the edge's admin API reads the same rows without importing
 ``ai_serve``.
 
@@ -21,28 +22,24 @@ parameters after what they hold.
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy.engine import Engine
 
 from ai_serve.agents.tools import CallerContext, ToolResult
-from pbx_edge.ops.db import BatchWriter, make_engine
+from pbx_edge.ops.buffered_store import BufferedStore
 from pbx_edge.ops.tool_audit import (
     DEFAULT_AUDIT_URL,
-    MAX_PAGE,
-    AuditStatus,
+    AuditFilters,
     ToolAuditEntry,
     ToolAuditPage,
-    ToolAuditQuery,
+    audit_query,
     create_tables,
     insert_entries,
     select_entries,
-    to_epoch,
 )
 from pipelines.pii import mask_pii
 
@@ -101,7 +98,7 @@ def _replace_leaves(value: Any, placeholder: str) -> Any:
     return placeholder
 
 
-class AuditLog:
+class AuditLog(BufferedStore[ToolAuditEntry]):
     """Tool-call audit rows in SQLite (default) or PostgreSQL by SQLAlchemy URL.
 
     Lifecycle: ``await start()`` on the loop that will record, ``record()`` from the registry,
@@ -109,74 +106,18 @@ class AuditLog:
     """
 
     def __init__(self, url: str = DEFAULT_AUDIT_URL, *, flush_interval: float = 0.1) -> None:
-        self.url = url
-        self._engine: Engine | None = None
-        self._opening = asyncio.Lock()
-        self._writer: BatchWriter[ToolAuditEntry] = BatchWriter(
-            "tool-audit", self._write, interval=flush_interval
-        )
-
-    @property
-    def pending(self) -> int:
-        """Rows accepted but not yet committed."""
-        return self._writer.pending
-
-    async def start(self) -> None:
-        await self._ensure_engine()
-        self._writer.start()
+        super().__init__(url, create_tables, name="tool-audit", flush_interval=flush_interval)
 
     def record(self, tool: str, arguments: Any, who: CallerContext, result: ToolResult) -> None:
         """Mask and buffer one call (never blocks; committed within about ``flush_interval``)."""
-        self._writer.put(entry_for(tool, arguments, who, result))
+        self._put(entry_for(tool, arguments, who, result))
 
-    async def flush(self) -> None:
-        await self._ensure_engine()
-        await self._writer.flush()
-
-    async def close(self) -> None:
-        await self._ensure_engine()
-        await self._writer.close()
-        if self._engine is not None:
-            self._engine.dispose()
-
-    async def query(
-        self,
-        *,
-        call_id: str | None = None,
-        tool: str | None = None,
-        status: AuditStatus | None = None,
-        since: float | dt.datetime | None = None,
-        until: float | dt.datetime | None = None,
-        limit: int = 100,
-        cursor: int | None = None,
-    ) -> ToolAuditPage:
+    async def query(self, **filters: Unpack[AuditFilters]) -> ToolAuditPage:
         """Rows matching every filter given, newest first; sees every call recorded before it."""
-        query = ToolAuditQuery(
-            call_id=call_id,
-            tool=tool,
-            status=status,
-            since=to_epoch(since),
-            until=to_epoch(until),
-            limit=min(max(1, limit), MAX_PAGE),
-            cursor=cursor,
-        )
-        await self.flush()
-        return await asyncio.to_thread(select_entries, self._db(), query)
+        return await self._read(select_entries, audit_query(filters))
 
-    async def _ensure_engine(self) -> None:
-        async with self._opening:
-            if self._engine is None:
-                engine = make_engine(self.url)
-                await asyncio.to_thread(create_tables, engine)
-                self._engine = engine
-
-    def _db(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError("AuditLog is not started")
-        return self._engine
-
-    def _write(self, batch: list[ToolAuditEntry]) -> None:
-        insert_entries(self._db(), batch)
+    def _write(self, engine: Engine, batch: list[ToolAuditEntry]) -> None:
+        insert_entries(engine, batch)
 
 
 def entry_for(tool: str, arguments: Any, who: CallerContext, result: ToolResult) -> ToolAuditEntry:

@@ -2,7 +2,8 @@
 
 Why batched: a call ends on the event loop, and a synchronous INSERT + COMMIT (an fsync on SQLite)
 would stall every other call for milliseconds. ``add()`` only appends to a buffer; a
-:class:`~pbx_edge.ops.db.BatchWriter` commits the buffer from a worker thread about every 100 ms.
+:class:`~pbx_edge.ops.db.BatchWriter` commits the buffer from a worker thread about every 100 ms
+(the plumbing is :class:`~pbx_edge.ops.buffered_store.BufferedStore`'s).
 Reads (``query``, ``export_csv``, ``count``) are coroutines: they first flush the buffer, so they
 always see every record accepted before the call, and then run the SELECT in a thread.
 
@@ -12,10 +13,9 @@ of the last ~100 ms.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import (
     Column,
@@ -34,7 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from pbx_edge.ops.db import BatchWriter, BigId, make_engine
+from pbx_edge.ops.buffered_store import BufferedStore
+from pbx_edge.ops.db import BigId
 from pbx_edge.ops.models import CdrRecord
 
 FIELDS: tuple[str, ...] = tuple(CdrRecord.model_fields)
@@ -71,74 +72,40 @@ cdr_table = Table(
 )
 
 
-class CdrStore:
+class CdrFilters(TypedDict, total=False):
+    """The filters of :meth:`CdrStore.query`, ``export_csv`` and ``count``; None matches every call.
+
+    ``since <= start < until``; ``caller``, ``callee`` and ``disposition`` match exactly.
+    """
+
+    since: float | None
+    until: float | None
+    caller: str | None
+    callee: str | None
+    disposition: str | None
+
+
+class CdrStore(BufferedStore[dict[str, Any]]):
     """Buffered, batched CDR storage; see the module docstring."""
 
     def __init__(self, url: str = "sqlite:///data/cdr.sqlite3", *, flush_interval: float = 0.1) -> None:
-        self.url = url
-        self._engine: Engine | None = None
-        self._opening = asyncio.Lock()
-        self._writer: BatchWriter[dict[str, Any]] = BatchWriter("cdr", self._write, interval=flush_interval)
-
-    @property
-    def pending(self) -> int:
-        """Records accepted but not yet committed."""
-        return self._writer.pending
-
-    async def start(self) -> None:
-        """Open the database, create the table if needed and start the writer."""
-        await self._ensure_engine()
-        self._writer.start()
+        super().__init__(url, metadata.create_all, name="cdr", flush_interval=flush_interval)
 
     def add(self, record: CdrRecord) -> None:
         """Accept a record; it is committed within ~100 ms (never blocks the event loop)."""
-        self._writer.put(record.model_dump())
-
-    async def flush(self) -> None:
-        await self._ensure_engine()
-        await self._writer.flush()
-
-    async def close(self) -> None:
-        """Write every accepted record, then release the database."""
-        await self._ensure_engine()
-        await self._writer.close()
-        if self._engine is not None:
-            self._engine.dispose()
+        self._put(record.model_dump())
 
     async def query(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-        disposition: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[CdrFilters]
     ) -> tuple[list[CdrRecord], int]:
-        """Matching records, newest start first, and the total number that match.
-
-        ``since <= start < until``; ``caller``, ``callee`` and ``disposition`` match exactly.
-        """
-        await self.flush()
-        where = _where(since, until, caller, callee, disposition)
-        return await asyncio.to_thread(self._query, where, max(0, limit), max(0, offset))
+        """Matching records (see :class:`CdrFilters`), newest start first, and how many match."""
+        return await self._read(_query, _where(filters), max(0, limit), max(0, offset))
 
     async def export_csv(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-        disposition: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
+        self, *, limit: int | None = None, offset: int = 0, **filters: Unpack[CdrFilters]
     ) -> str:
         """The matching records as CSV, oldest first; header row = the CdrRecord field names."""
-        await self.flush()
-        where = _where(since, until, caller, callee, disposition)
-        rows = await asyncio.to_thread(self._select_rows, where, limit, max(0, offset), False)
+        rows = await self._read(_select_rows, _where(filters), limit, max(0, offset), False)
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\r\n")
         writer.writeheader()
@@ -146,79 +113,61 @@ class CdrStore:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
         return out.getvalue()
 
-    async def count(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-        disposition: str | None = None,
-    ) -> int:
-        await self.flush()
-        return await asyncio.to_thread(self._count, _where(since, until, caller, callee, disposition))
+    async def count(self, **filters: Unpack[CdrFilters]) -> int:
+        return await self._read(_count, _where(filters))
 
-    # --- worker-thread side -------------------------------------------------------------------
-
-    async def _ensure_engine(self) -> None:
-        async with self._opening:
-            if self._engine is None:
-                engine = make_engine(self.url)
-                await asyncio.to_thread(metadata.create_all, engine)
-                self._engine = engine
-
-    def _db(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError("CdrStore is not started")
-        return self._engine
-
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        with self._db().begin() as conn:
+    def _write(self, engine: Engine, batch: list[dict[str, Any]]) -> None:
+        with engine.begin() as conn:
             conn.execute(insert(cdr_table), batch)
 
-    def _count(self, where: ColumnElement[bool]) -> int:
-        with self._db().connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(cdr_table).where(where)).scalar_one())
 
-    def _select_rows(
-        self, where: ColumnElement[bool], limit: int | None, offset: int, newest_first: bool
-    ) -> list[dict[str, Any]]:
-        columns = [cdr_table.c[name] for name in FIELDS]
-        order = (
-            (cdr_table.c.start.desc(), cdr_table.c.id.desc())
-            if newest_first
-            else (cdr_table.c.start.asc(), cdr_table.c.id.asc())
-        )
-        stmt = select(*columns).where(where).order_by(*order).offset(offset)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with self._db().connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(stmt)]
-
-    def _query(self, where: ColumnElement[bool], limit: int, offset: int) -> tuple[list[CdrRecord], int]:
-        rows = self._select_rows(where, limit, offset, True)
-        total = self._count(where)
-        return [CdrRecord.model_validate(row) for row in rows], total
+# --- worker-thread side -----------------------------------------------------------------------
 
 
-def _where(
-    since: float | None,
-    until: float | None,
-    caller: str | None,
-    callee: str | None,
-    disposition: str | None,
-) -> ColumnElement[bool]:
+def _count(engine: Engine, where: ColumnElement[bool]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(cdr_table).where(where)).scalar_one())
+
+
+def _select_rows(
+    engine: Engine, where: ColumnElement[bool], limit: int | None, offset: int, newest_first: bool
+) -> list[dict[str, Any]]:
+    columns = [cdr_table.c[name] for name in FIELDS]
+    order = (
+        (cdr_table.c.start.desc(), cdr_table.c.id.desc())
+        if newest_first
+        else (cdr_table.c.start.asc(), cdr_table.c.id.asc())
+    )
+    stmt = select(*columns).where(where).order_by(*order).offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def _query(
+    engine: Engine, where: ColumnElement[bool], limit: int, offset: int
+) -> tuple[list[CdrRecord], int]:
+    rows = _select_rows(engine, where, limit, offset, True)
+    total = _count(engine, where)
+    return [CdrRecord.model_validate(row) for row in rows], total
+
+
+def _where(filters: CdrFilters) -> ColumnElement[bool]:
+    unknown = filters.keys() - CdrFilters.__optional_keys__
+    if unknown:  # the keyword arguments a signature would have refused
+        raise TypeError(f"unknown CDR filters: {sorted(unknown)}")
     c = cdr_table.c
     clauses: list[ColumnElement[bool]] = []
-    if since is not None:
+    if (since := filters.get("since")) is not None:
         clauses.append(c.start >= since)
-    if until is not None:
+    if (until := filters.get("until")) is not None:
         clauses.append(c.start < until)
-    if caller is not None:
+    if (caller := filters.get("caller")) is not None:
         clauses.append(c.caller == caller)
-    if callee is not None:
+    if (callee := filters.get("callee")) is not None:
         clauses.append(c.callee == callee)
-    if disposition is not None:
+    if (disposition := filters.get("disposition")) is not None:
         clauses.append(c.disposition == disposition)
     return and_(true(), *clauses)
 

@@ -1,11 +1,12 @@
-"""SQLAlchemy plumbing shared by the CDR store and the webhook outbox.
+"""SQLAlchemy plumbing shared by the CDR store, the tool-call audit log and the webhook outbox.
 
-Two things live here:
+Three things live here:
 
 * :func:`make_engine` turns a URL from the config into an engine that behaves the same on SQLite
   (the single-machine default) and PostgreSQL: SQLite gets its parent directory created, WAL mode
   (readers never block the writer) and a busy timeout; ``:memory:`` gets one shared connection so
   that threads see the same database.
+* :class:`LazyEngine` opens that engine on first use and creates the tables (off the event loop).
 * :class:`BatchWriter` keeps database writes off the event loop. Producers ``put()`` rows into an
   in-memory list (O(1), never blocks); a task owned by the writer hands them to a worker thread in
   batches about every ``interval`` seconds. A failed batch stays at the head of the buffer and is
@@ -55,6 +56,41 @@ def make_engine(url: str) -> Engine:
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+class LazyEngine:
+    """The engine of ``url``, made on the first ``open()``, which also creates the tables.
+
+    ``create_tables`` (DDL, so blocking) runs in a worker thread; concurrent first callers share one
+    engine. ``dispose()`` releases the connections, and a later ``open()`` makes a new engine.
+    """
+
+    def __init__(self, url: str, create_tables: Callable[[Engine], None], *, owner: str) -> None:
+        self.url = url
+        self._create_tables = create_tables
+        self._owner = owner
+        self._engine: Engine | None = None
+        self._opening = asyncio.Lock()
+
+    async def open(self) -> Engine:
+        async with self._opening:
+            if self._engine is None:
+                engine = make_engine(self.url)
+                await asyncio.to_thread(self._create_tables, engine)
+                self._engine = engine
+            return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        """The open engine, for code in worker threads; raises before the first ``open()``."""
+        if self._engine is None:
+            raise RuntimeError(f"{self._owner} is not started")
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, Unpack, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
@@ -41,18 +41,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from pbx_edge.ops.db import BigId, make_engine
+from pbx_edge.ops.db import BigId, LazyEngine
 
 __all__ = [
     "AUDIT_STATUSES",
     "DEFAULT_AUDIT_URL",
     "MAX_PAGE",
+    "AuditFilters",
     "AuditStatus",
     "ToolAuditEntry",
     "ToolAuditPage",
     "ToolAuditQuery",
     "ToolAuditReader",
     "ToolAuditRow",
+    "audit_query",
     "create_tables",
     "insert_entries",
     "select_entries",
@@ -143,6 +145,35 @@ class ToolAuditQuery(BaseModel):
     cursor: int | None = Field(default=None, ge=0, description="next_cursor of the previous page")
 
 
+class AuditFilters(TypedDict, total=False):
+    """The keyword filters of the ``query`` methods of the reader and of the writer's ``AuditLog``:
+    those of :class:`ToolAuditQuery`, with ``since``/``until`` also as timezone-aware datetimes and
+    ``limit`` clamped to 1..MAX_PAGE (default 100) instead of refused."""
+
+    call_id: str | None
+    tool: str | None
+    status: AuditStatus | None
+    since: float | dt.datetime | None
+    until: float | dt.datetime | None
+    limit: int
+    cursor: int | None
+
+
+def audit_query(filters: AuditFilters) -> ToolAuditQuery:
+    """The :class:`ToolAuditQuery` of keyword filters (a naive datetime is a ValueError)."""
+    unknown = filters.keys() - AuditFilters.__optional_keys__
+    if unknown:  # the keyword arguments a signature would have refused
+        raise TypeError(f"unknown tool audit filters: {sorted(unknown)}")
+    return ToolAuditQuery.model_validate(
+        {
+            **filters,
+            "since": to_epoch(filters.get("since")),
+            "until": to_epoch(filters.get("until")),
+            "limit": min(max(1, filters.get("limit", 100)), MAX_PAGE),
+        }
+    )
+
+
 def create_tables(engine: Engine) -> None:
     metadata.create_all(engine)
 
@@ -192,47 +223,19 @@ class ToolAuditReader:
 
     def __init__(self, url: str = DEFAULT_AUDIT_URL) -> None:
         self.url = url
-        self._engine: Engine | None = None
-        self._opening = asyncio.Lock()
+        self._database = LazyEngine(url, create_tables, owner="ToolAuditReader")
 
     async def query(
-        self,
-        query: ToolAuditQuery | None = None,
-        *,
-        call_id: str | None = None,
-        tool: str | None = None,
-        status: AuditStatus | None = None,
-        since: float | dt.datetime | None = None,
-        until: float | dt.datetime | None = None,
-        limit: int = 100,
-        cursor: int | None = None,
+        self, query: ToolAuditQuery | None = None, **filters: Unpack[AuditFilters]
     ) -> ToolAuditPage:
-        """Rows matching either ``query`` or the keyword filters (datetimes must be timezone-aware)."""
+        """Rows matching either ``query`` or the keyword filters (see :class:`AuditFilters`)."""
         if query is None:
-            query = ToolAuditQuery(
-                call_id=call_id,
-                tool=tool,
-                status=status,
-                since=to_epoch(since),
-                until=to_epoch(until),
-                limit=min(max(1, limit), MAX_PAGE),
-                cursor=cursor,
-            )
-        engine = await self._open()
+            query = audit_query(filters)
+        engine = await self._database.open()
         return await asyncio.to_thread(select_entries, engine, query)
 
     async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    async def _open(self) -> Engine:
-        async with self._opening:
-            if self._engine is None:
-                engine = make_engine(self.url)
-                await asyncio.to_thread(create_tables, engine)
-                self._engine = engine
-            return self._engine
+        self._database.dispose()
 
 
 def to_epoch(value: float | dt.datetime | None) -> float | None:

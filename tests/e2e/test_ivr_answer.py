@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from pbx_edge.ai_link.protocol import Leg, encode_frame
-from pbx_edge.edge import EdgeNode
 from pbx_edge.media.codecs import get_codec
-from pbx_edge.ops.config import parse_config
-from pbx_edge.ops.models import Event
+from tests.e2e.ai_peer import AiPeer
+from tests.e2e.edge_node import edge_config, running_edge
 from tests.e2e.harness import E2E, LOOPBACK
 from tests.e2e.rtp_peer import Dialog, Phone, dominant_frequency, tone_rtp
 
@@ -33,37 +32,17 @@ MENU_TONE_HZ = 800.0
 TE_PT = 101  # telephone-event payload type the caller offers
 
 
-class FakeIvr:
+class FakeIvr(AiPeer):
     """The AI side: once it has two DTMF controls it plays half a second of an 800 Hz tone to the
     caller, then hangs up."""
-
-    def __init__(self) -> None:
-        self.starts: list[dict[str, Any]] = []
-        self.controls: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
     def digits(self) -> list[str]:
         return [c["digit"] for c in self.controls if c["type"] == "dtmf"]
 
-    async def stream(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        spoke: asyncio.Task[None] | None = None
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue  # the caller's audio frames
-            data = json.loads(msg.data)
-            (self.starts if data["type"] == "start" else self.controls).append(data)
-            if data["type"] == "end":
-                await ws.close()
-            elif len(self.digits()) == 2 and spoke is None:
-                spoke = asyncio.create_task(self._answer_menu(ws))
-        if spoke is not None:
-            await spoke
-        return ws
+    def ready(self) -> bool:
+        return len(self.digits()) == 2
 
-    async def _answer_menu(self, ws: web.WebSocketResponse) -> None:
+    async def answer(self, ws: web.WebSocketResponse) -> None:
         await ws.send_str(json.dumps({"type": "play", "leg": "caller", "text": "Your balance is 10."}))
         t = np.arange(8000) / 16000
         tone = (np.sin(2 * np.pi * MENU_TONE_HZ * t) * 10000).astype("<i2").tobytes()
@@ -71,39 +50,16 @@ class FakeIvr:
         await asyncio.sleep(0.8)  # the half second plays out at 20 ms a packet
         await ws.send_str(json.dumps({"type": "hangup", "reason": "done"}))
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/calls/{call_id}/stream", self.stream)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, LOOPBACK, 0).start()
-        self.port = self.runner.addresses[0][1]
-
 
 @pytest.fixture
 async def ivr() -> AsyncIterator[FakeIvr]:
-    peer = FakeIvr()
-    await peer.start()
-    yield peer
-    assert peer.runner is not None
-    await peer.runner.cleanup()
+    async with FakeIvr() as peer:
+        yield peer
 
 
 def _config(e2e: E2E, sip_port: int, ai_port: int | None) -> dict[str, Any]:
-    return {
-        "sip": {"listen": [{"transport": "udp", "host": LOOPBACK, "port": sip_port}]},
-        "routing": {"ivr_numbers": [IVR_NUMBER]},
-        "media": {"port_start": 24800, "port_end": 25400},
-        "admin": {"enabled": False},
-        "metrics": {"enabled": False},
-        "cdr": {"url": f"sqlite:///{e2e.workdir}/cdr.sqlite3"},
-        "webhooks": {"outbox_url": f"sqlite:///{e2e.workdir}/outbox.sqlite3"},
-        "ai": {
-            "enabled": ai_port is not None,
-            "url": f"ws://{LOOPBACK}:{ai_port or 9}",
-            "transcripts_dir": None,
-        },
-    }
+    routing = {"ivr_numbers": [IVR_NUMBER]}
+    return edge_config(e2e, sip_port, routing=routing, media=(24800, 25400), ai_port=ai_port)
 
 
 def _info_dtmf(dialog: Dialog, cseq: int, digit: str) -> bytes:
@@ -130,30 +86,26 @@ def _telephone_event(event: int, seq: int, ts: int, ssrc: int) -> list[bytes]:
 async def test_an_ivr_number_is_answered_by_the_ai_and_gets_the_digits(e2e: E2E, ivr: FakeIvr) -> None:
     caller = await Phone(payload_types={0: "PCMU/8000", TE_PT: "telephone-event/8000"}).start()
     port = e2e.ports.port()
-    node = EdgeNode(parse_config(_config(e2e, port, ivr.port), environ={}))
-    events: list[Event] = []
-    node.ops.bus.subscribe(events.append)
-    await node.start()
     try:
-        dialog = await caller.call((LOOPBACK, port), user=IVR_NUMBER)
-        assert dialog.final == 200
-        tone = tone_rtp("PCMU", 0, seconds=4.0, freq=440.0)
-        for i, packet in enumerate(tone):
-            if caller.byed.is_set():
-                break
-            caller.send_rtp(packet)
-            if i == 20:
-                caller._send(_info_dtmf(dialog, 2, "5"), (LOOPBACK, port))
-            if i == 40:
-                seq, ts, ssrc = struct.unpack("!HII", packet[2:12])
-                for te in _telephone_event(7, seq + 1, ts + 160, ssrc):
-                    caller.send_rtp(te)
-            await asyncio.sleep(0.02)
-        await asyncio.wait_for(caller.byed.wait(), 5)  # the AI's hangup became a BYE
-        await asyncio.sleep(0.3)
-        assert node.core.calls == {}
+        async with running_edge(_config(e2e, port, ivr.port)) as (node, events):
+            dialog = await caller.call((LOOPBACK, port), user=IVR_NUMBER)
+            assert dialog.final == 200
+            tone = tone_rtp("PCMU", 0, seconds=4.0, freq=440.0)
+            for i, packet in enumerate(tone):
+                if caller.byed.is_set():
+                    break
+                caller.send_rtp(packet)
+                if i == 20:
+                    caller._send(_info_dtmf(dialog, 2, "5"), (LOOPBACK, port))
+                if i == 40:
+                    seq, ts, ssrc = struct.unpack("!HII", packet[2:12])
+                    for te in _telephone_event(7, seq + 1, ts + 160, ssrc):
+                        caller.send_rtp(te)
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(caller.byed.wait(), 5)  # the AI's hangup became a BYE
+            await asyncio.sleep(0.3)
+            assert node.core.calls == {}
     finally:
-        await node.stop()
         caller.close()
 
     (start,) = ivr.starts
@@ -186,11 +138,9 @@ async def test_an_ivr_number_is_answered_by_the_ai_and_gets_the_digits(e2e: E2E,
 async def test_without_the_ai_an_ivr_number_is_routed_as_before(e2e: E2E) -> None:
     caller = await Phone().start()
     port = e2e.ports.port()
-    node = EdgeNode(parse_config(_config(e2e, port, None), environ={}))
-    await node.start()
     try:
-        dialog = await caller.call((LOOPBACK, port), user=IVR_NUMBER)
-        assert dialog.final == 404  # no route, no extension: what the number got before
+        async with running_edge(_config(e2e, port, None)):
+            dialog = await caller.call((LOOPBACK, port), user=IVR_NUMBER)
+            assert dialog.final == 404  # no route, no extension: what the number got before
     finally:
-        await node.stop()
         caller.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import E2E, LOOPBACK, SIPP, SippProcess, expect_calls
+from tests.e2e.harness import E2E, LOOPBACK, SIPP, SippProcess, SippResult, expect_calls
 from tests.e2e.lossy_udp_shim import LossProfile, ShimThread, UdpPipe
 
 pytestmark = [
@@ -54,6 +54,35 @@ def _assert_callee(uas: SippProcess) -> None:
     assert result.completed_callee_dialogs() == CALLS, result.describe()
 
 
+def _start_callee(e2e: E2E, local_port: int, adv_port: int) -> SippProcess:
+    """The lossy UAS on ``local_port``, naming ``adv_port`` (its side of a relay) in Via/Contact."""
+    return e2e.start_uas(
+        "uas_lossy.xml",
+        calls=CALLS,
+        local_port=local_port,
+        keys={"adv_host": LOOPBACK, "adv_port": adv_port},
+        max_retrans=MAX_RETRANS,
+        timeout_s=SIPP_TIMEOUT_S,
+    )
+
+
+def _run_caller(e2e: E2E, pipe: UdpPipe, local_port: int) -> SippResult:
+    """The lossy UAC on ``local_port`` placing every call through ``pipe``; all of them complete."""
+    result = e2e.run_uac(
+        "uac_lossy.xml",
+        pipe.left_addr,
+        calls=CALLS,
+        rate=RATE,
+        local_port=local_port,
+        keys={"adv_host": LOOPBACK, "adv_port": pipe.right_addr[1]},
+        max_retrans=MAX_RETRANS,
+        duration_ms=PAUSE_MS,
+        timeout_s=SIPP_TIMEOUT_S,
+    )
+    expect_calls(result, CALLS, f"caller (relay: {pipe.stats})")
+    return result
+
+
 def test_lossy_calls_through_edge(e2e: E2E, shim: ShimThread) -> None:
     uac_port, uas_port = e2e.ports.port(), e2e.ports.port()
     settings = e2e.edge_settings()
@@ -69,27 +98,9 @@ def test_lossy_calls_through_edge(e2e: E2E, shim: ShimThread) -> None:
     )
     settings.static_routes.append(settings.route("", LOOPBACK, callee_pipe.left_addr[1]))
 
-    uas = e2e.start_uas(
-        "uas_lossy.xml",
-        calls=CALLS,
-        local_port=uas_port,
-        keys={"adv_host": LOOPBACK, "adv_port": callee_pipe.left_addr[1]},
-        max_retrans=MAX_RETRANS,
-        timeout_s=SIPP_TIMEOUT_S,
-    )
+    uas = _start_callee(e2e, uas_port, callee_pipe.left_addr[1])
     e2e.start_edge(settings)
-    result = e2e.run_uac(
-        "uac_lossy.xml",
-        caller_pipe.left_addr,
-        calls=CALLS,
-        rate=RATE,
-        local_port=uac_port,
-        keys={"adv_host": LOOPBACK, "adv_port": caller_pipe.right_addr[1]},
-        max_retrans=MAX_RETRANS,
-        duration_ms=PAUSE_MS,
-        timeout_s=SIPP_TIMEOUT_S,
-    )
-    expect_calls(result, CALLS, f"caller (relay: {caller_pipe.stats})")
+    _run_caller(e2e, caller_pipe, uac_port)
     _assert_callee(uas)
     _assert_lossy(caller_pipe)
     _assert_lossy(callee_pipe)
@@ -98,26 +109,8 @@ def test_lossy_calls_through_edge(e2e: E2E, shim: ShimThread) -> None:
 def test_lossy_relay_sipp_to_sipp(e2e: E2E, shim: ShimThread) -> None:
     uac_port, uas_port = e2e.ports.port(), e2e.ports.port()
     pipe = shim.add(UdpPipe((LOOPBACK, uas_port), PROFILE, left_peer=(LOOPBACK, uac_port), name="relay"))
-    uas = e2e.start_uas(
-        "uas_lossy.xml",
-        calls=CALLS,
-        local_port=uas_port,
-        keys={"adv_host": LOOPBACK, "adv_port": uas_port},
-        max_retrans=MAX_RETRANS,
-        timeout_s=SIPP_TIMEOUT_S,
-    )
-    result = e2e.run_uac(
-        "uac_lossy.xml",
-        pipe.left_addr,
-        calls=CALLS,
-        rate=RATE,
-        local_port=uac_port,
-        keys={"adv_host": LOOPBACK, "adv_port": pipe.right_addr[1]},
-        max_retrans=MAX_RETRANS,
-        duration_ms=PAUSE_MS,
-        timeout_s=SIPP_TIMEOUT_S,
-    )
-    expect_calls(result, CALLS, f"caller (relay: {pipe.stats})")
+    uas = _start_callee(e2e, uas_port, uas_port)
+    result = _run_caller(e2e, pipe, uac_port)
     _assert_callee(uas)
     _assert_lossy(pipe)
     assert result.stats is not None and result.stats.retransmissions > 0

@@ -16,6 +16,8 @@ from pbx_edge.media.relay import RelayMedia
 from pbx_edge.media.sdp import SessionDescription
 from pbx_edge.ops.config import MediaConfig
 
+from .free_ports import free_udp_range
+
 pytestmark = pytest.mark.timeout(30)
 
 HOST = "127.0.0.1"
@@ -40,28 +42,10 @@ def _sdp(port: int, *, extra: str = "", host: str = HOST, video: int | None = No
     return text.encode()
 
 
-def _free_range(size: int = 64) -> int:
-    """An even base port with ``size`` free UDP ports above it (ports are probed again on use)."""
-    for base in range(6000, 12000 - size, size):  # below the e2e PortAllocator, above well-known ports
-        socks = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind((HOST, port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError("no free port range")
-
-
 @pytest.fixture
 async def media(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RelayMedia, Clock, list[str]]]:
     params: dict[str, Any] = getattr(request, "param", {})
-    base = _free_range()
+    base = free_udp_range(64)
     config = MediaConfig(port_start=base, port_end=base + 63, **params)
     clock = Clock()
     inactive: list[str] = []

