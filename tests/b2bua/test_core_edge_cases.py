@@ -7,35 +7,20 @@ from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Sid
 from pbx_edge.sip.message import Request, Response
 
 from .harness import CALLEE, CALLER, SDP, Wire, answer, from_callee, from_caller, in_dialog, invite, make_core
+from .steps import cancel_for, forward_invite
 from .test_core_calls import _establish
 
 
 def _b_invite(wire: Wire, a_inv: Request | None = None) -> tuple[Request, Request]:
     a_inv = a_inv or invite()
-    wire.deliver(a_inv, CALLER)
-    b_inv = wire.take_one(CALLEE, "INVITE")
-    assert isinstance(b_inv, Request)
-    return a_inv, b_inv
-
-
-def _cancel(a_inv: Request) -> Request:
-    return in_dialog(
-        "CANCEL",
-        call_id=a_inv.call_id,
-        from_=a_inv.headers.get("From") or "",
-        to=a_inv.headers.get("To") or "",
-        cseq=a_inv.cseq.seq,
-        uri=a_inv.uri,
-        via_host=CALLER,
-        branch=a_inv.top_via.branch or "",
-    )
+    return a_inv, forward_invite(wire, a_inv)
 
 
 def test_cancel_before_any_provisional_waits_for_one() -> None:
     core = make_core()
     wire = Wire(core)
     a_inv, b_inv = _b_invite(wire)
-    wire.deliver(_cancel(a_inv), CALLER)
+    wire.deliver(cancel_for(a_inv), CALLER)
     assert wire.take_one(CALLER, "487")
     assert CALLEE not in wire.sent or not [
         m for m in wire.sent[CALLEE] if isinstance(m, Request) and m.method == "CANCEL"
@@ -50,7 +35,7 @@ def test_answer_racing_cancel_is_acked_and_hung_up() -> None:
     wire = Wire(core)
     a_inv, b_inv = _b_invite(wire)
     wire.deliver(answer(b_inv, 180, "Ringing"), CALLEE)
-    wire.deliver(_cancel(a_inv), CALLER)
+    wire.deliver(cancel_for(a_inv), CALLER)
     wire.take_one(CALLEE, "CANCEL")
     wire.deliver(answer(b_inv, 200, "OK", body=SDP), CALLEE)
     assert wire.take_one(CALLEE, "ACK")

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from pbx_edge.edge import EdgeNode
 from pbx_edge.media.codecs import get_codec
-from pbx_edge.ops.config import parse_config
-from pbx_edge.ops.models import Event
+from tests.e2e.ai_peer import AiPeer
+from tests.e2e.edge_node import edge_config, running_edge
 from tests.e2e.harness import E2E, LOOPBACK
 from tests.e2e.rtp_peer import Phone, dominant_frequency, tone_rtp
 
@@ -31,90 +28,54 @@ CALLER_HZ = 440.0
 BOB_HZ = 1000.0
 
 
-class TransferWhenAvailable:
-    """The AI side: records what the edge sends; on ``callee_available`` it transfers to that extension."""
+class TransferWhenAvailable(AiPeer):
+    """The AI side: on ``callee_available`` it transfers the caller to that extension."""
 
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
+    def ready(self) -> bool:
+        return any(c["type"] == "callee_available" for c in self.controls)
 
-    async def stream(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            self.messages.append(data)
-            if data["type"] == "callee_available":
-                await ws.send_str(json.dumps({"type": "transfer", "target": data["extension"]}))
-            elif data["type"] == "end":
-                await ws.close()
-        return ws
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/calls/{call_id}/stream", self.stream)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, LOOPBACK, 0).start()
-        self.port = self.runner.addresses[0][1]
+    async def answer(self, ws: web.WebSocketResponse) -> None:
+        news = next(c for c in self.controls if c["type"] == "callee_available")
+        await ws.send_str(json.dumps({"type": "transfer", "target": news["extension"]}))
 
 
-@pytest.fixture
-async def ai() -> AsyncIterator[TransferWhenAvailable]:
-    peer = TransferWhenAvailable()
-    await peer.start()
-    yield peer
-    assert peer.runner is not None
-    await peer.runner.cleanup()
-
-
-async def test_a_callee_who_registers_is_offered_the_caller(e2e: E2E, ai: TransferWhenAvailable) -> None:
+async def test_a_callee_who_registers_is_offered_the_caller(e2e: E2E) -> None:
     caller = await Phone(payload_types={8: "PCMA/8000"}).start()
     bob = await Phone(payload_types={8: "PCMA/8000"}).start()
     port = e2e.ports.port()
-    settings = {
-        "sip": {"listen": [{"transport": "udp", "host": LOOPBACK, "port": port}]},
-        "routing": {"extensions": {"bob": {"ai_answer": {"unregistered": "ai"}}}},
-        "media": {"port_start": 24800, "port_end": 25400},
-        "admin": {"enabled": False},
-        "metrics": {"enabled": False},
-        "cdr": {"url": f"sqlite:///{e2e.workdir}/cdr.sqlite3"},
-        "webhooks": {"outbox_url": f"sqlite:///{e2e.workdir}/outbox.sqlite3"},
-        "ai": {"enabled": True, "url": f"ws://{LOOPBACK}:{ai.port}", "transcripts_dir": None},
-    }
-    node = EdgeNode(parse_config(settings, environ={}))
-    events: list[Event] = []
-    node.ops.bus.subscribe(events.append)
-    await node.start()
+    routing = {"extensions": {"bob": {"ai_answer": {"unregistered": "ai"}}}}
     try:
-        dialog = await caller.call((LOOPBACK, port), user="bob")
-        assert dialog.final == 200  # answered by the AI: bob has no contact
-        caller_tone = tone_rtp("PCMA", 8, seconds=4.0, freq=CALLER_HZ)
-        bob_tone = tone_rtp("PCMA", 8, seconds=1.5, freq=BOB_HZ, ssrc=0xB0B)
-        for i, packet in enumerate(caller_tone):
-            caller.send_rtp(packet)
-            if i == 25:  # half a second into the AI's call, bob's phone comes online
-                assert await bob.register((LOOPBACK, port), "bob") == 200
-            if bob.answered.is_set() and bob_tone:
-                bob.send_rtp(bob_tone.pop(0))
-            await asyncio.sleep(0.02)
-        assert bob.answered.is_set()
-        assert await dialog.bye() == 200
-        await asyncio.wait_for(bob.byed.wait(), 5)
-        await asyncio.sleep(0.3)
+        async with (
+            TransferWhenAvailable() as ai,
+            running_edge(edge_config(e2e, port, routing=routing, media=(24800, 25400), ai_port=ai.port)) as (
+                _,
+                events,
+            ),
+        ):
+            dialog = await caller.call((LOOPBACK, port), user="bob")
+            assert dialog.final == 200  # answered by the AI: bob has no contact
+            caller_tone = tone_rtp("PCMA", 8, seconds=4.0, freq=CALLER_HZ)
+            bob_tone = tone_rtp("PCMA", 8, seconds=1.5, freq=BOB_HZ, ssrc=0xB0B)
+            for i, packet in enumerate(caller_tone):
+                caller.send_rtp(packet)
+                if i == 25:  # half a second into the AI's call, bob's phone comes online
+                    assert await bob.register((LOOPBACK, port), "bob") == 200
+                if bob.answered.is_set() and bob_tone:
+                    bob.send_rtp(bob_tone.pop(0))
+                await asyncio.sleep(0.02)
+            assert bob.answered.is_set()
+            assert await dialog.bye() == 200
+            await asyncio.wait_for(bob.byed.wait(), 5)
+            await asyncio.sleep(0.3)
     finally:
-        await node.stop()
         caller.close()
         bob.close()
 
-    (start,) = [m for m in ai.messages if m["type"] == "start"]
+    (start,) = ai.starts
     assert (start["mode"], start["trigger"]) == ("attendant", "unregistered")
-    available = [m for m in ai.messages if m["type"] == "callee_available"]
+    available = [m for m in ai.controls if m["type"] == "callee_available"]
     assert available == [{"type": "callee_available", "extension": "bob", "reason": "registered"}]
-    assert {"type": "transfer", "leg": "caller", "target": "bob"} in ai.messages
+    assert {"type": "transfer", "leg": "caller", "target": "bob"} in ai.controls
     # the caller and bob heard each other through the relay
     decoder = get_codec("PCMA").new_decoder()
     at_bob = np.concatenate([decoder.decode(r.data[12:]) for r in bob.rtp])
