@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pbx_edge.ai_link.protocol import PlayAction, StartMessage
 
-from .attendant import Attendant, Output, Say
+from .attendant import Attendant
 from .attendant_config import AttendantConfig, Language
+from .conversation import Output, Say
 from .greetings import to_16k
 from .session import KeypadSession, Session
 

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
-from .intents import IntentMatch
-from .ivr_flow import (
+from .flow_schema import (
     Action,
     CallToolAction,
     CollectSlotsAction,
@@ -34,10 +33,10 @@ from .ivr_flow import (
     IvrFlow,
     Language,
     Slot,
-    render_template,
-    render_value,
 )
+from .intents import IntentMatch
 from .slots import extract_slot
+from .templates import render_template, render_value
 
 __all__ = ["DialogState", "Step", "StepKind"]
 

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from ai_serve.embeddings import TextEmbedder, l2_normalize
 
-from .ivr_flow import IvrFlow
+from .flow_schema import IvrFlow
 
 __all__ = [
     "EmbedFn",

@@ -40,11 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pbx_edge.ai_link.protocol import StartMessage
 
 from .agent_config import AgentConfigError, AgentsConfig, load_agents
-from .attendant import Retrieve, Speak
 from .attendant_config import extension_key
 from .audit import AuditLog
+from .conversation import Retrieve, Speak
+from .flow_registry import FlowRegistry
+from .flow_schema import IvrFlow
 from .intents import IntentClassifier
-from .ivr_flow import FlowRegistry, IvrFlow
 from .ivr_session import IvrSession
 from .multi_agent import AgentRouter, MultiAgentSession
 from .tool_schema import PreparedTool, ToolConfigError, ToolsFile, ToolSpec, openai_function_name, parse_tools

@@ -29,7 +29,6 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,21 +41,14 @@ from ai_serve.embeddings import TextEmbedder, l2_normalize
 from pbx_edge.ai_link.protocol import AgentEvent, HangupAction, StartMessage, TransferAction
 
 from .agent_config import AgentsConfig, AgentSpec, ToolUse
-from .attendant import Output, Retrieve, Speak, is_transfer_request
 from .attendant_config import Language
+from .conversation import Output, Retrieve, SessionSettings, Speak, best_answer
 from .intents import EmbedFn, parse_llm_answer
-from .ivr_flow import render_template, render_value
-from .ivr_session import (
-    SessionCore,
-    SessionSettings,
-    best_answer,
-    call_tool,
-    detect_language,
-    phrase,
-    tool_failure_text,
-    wire_arguments,
-)
-from .tools import CallerContext, CallRecorder, ToolRegistry, ToolResult
+from .session_core import SessionCore, phrase
+from .templates import render_template, render_value
+from .text_rules import is_transfer_request
+from .tool_turn import use_tool
+from .tools import CallRecorder, ToolRegistry
 
 __all__ = [
     "AgentContext",
@@ -214,28 +206,19 @@ class Specialist:
     async def _use_tool(self, use: ToolUse, request: str, language: Language) -> Reply:
         values = self._values(request, language)
         arguments = {name: render_value(template, values) for name, template in use.arguments.items()}
-        who = CallerContext(
-            call_id=self._start.call_id, agent=self.name, caller=self._start.caller, language=language
-        )
-        result = await call_tool(self._tools, use.tool, wire_arguments(arguments), who, self._audit)
+        text = self._tools_text(use, language)
+        turn = await use_tool(
+            self._tools, use.tool, arguments, start=self._start, agent=self.name, language=language,
+            render=lambda result: render_template(text, {**values, "result": result}), audit=self._audit,
+        )  # fmt: skip
+        result = turn.result
         self.tool_calls.append({"tool": result.tool, "ok": result.ok, "error": result.error_kind})
         if not result.ok:
-            return Reply(tool_failure_text(self._tools, result, language), answered=False)
-        text = self._tools_text(use, language)
-        data = result.data if isinstance(result.data, Mapping) else {"value": result.data}
-        facts = {use.tool.replace(".", "_"): result.data}
-        try:
-            return Reply(render_template(text, {**values, "result": data}), facts)
-        except KeyError as exc:  # the answer lacks a field the sentence says: not a guess either
-            _LOG.warning("call %s: %s answer lacks %s", self._start.call_id, use.tool, exc)
-            return Reply(tool_failure_text(self._tools, _bad(result), language), facts, answered=False)
+            return Reply(turn.text, answered=False)
+        return Reply(turn.text, {use.tool.replace(".", "_"): result.data}, answered=turn.said_success)
 
     def _tools_text(self, use: ToolUse, language: Language) -> str:
         return use.say.get(language) or next(iter(use.say.values()))
-
-
-def _bad(result: ToolResult) -> ToolResult:
-    return dataclasses.replace(result, ok=False, error_kind="bad_response", spoken=None)
 
 
 class MultiAgentSession(SessionCore):
@@ -257,17 +240,13 @@ class MultiAgentSession(SessionCore):
     ) -> None:
         if router.config is not config and router.config != config:
             raise ValueError("the router was built for another agents config")
-        requested = start.language
-        language: Language = requested if requested in config.languages else config.languages[0]
-        super().__init__(start, language, speak=speak, clock=clock, settings=settings or SessionSettings())
+        super().__init__(
+            start, config, tools, speak=speak, retrieve=retrieve, clock=clock, audit=audit,
+            settings=settings,
+        )  # fmt: skip
         self.config = config
         self.router = router
-        self.tools = tools
-        self._retrieve = retrieve
-        self._audit = audit
         self._llm_router = llm_router
-        self._detect = requested == "auto" and len(config.languages) > 1
-        self.version = config.version
         self.agent: Specialist | None = None
         self.facts: dict[str, Any] = {}
         self.retries = 0
@@ -284,16 +263,11 @@ class MultiAgentSession(SessionCore):
     def greeting(self) -> str:
         return self.config.text(self.config.greeting, self.language)
 
-    async def greet(self) -> list[Output]:
-        return await self._say(self.greeting)
-
     async def heard(self, text: str, confidence: float | None = None) -> list[Output]:
         """A final transcript of the caller leg."""
         said = self._heard(text, confidence)
         if said is None:
             return []
-        if self._detect and (lang := detect_language(said)) is not None:
-            self.language = lang
         if self.taking_message:
             return await self._take_message(said)
         if not said:
@@ -317,8 +291,7 @@ class MultiAgentSession(SessionCore):
             outputs += self._handoff(target, "dtmf", Route(target, "dtmf", 1.0))
         return outputs + await self._say(phrase("how_help", self.language))
 
-    async def _on_silence(self) -> list[Output]:
-        self.stats.silences += 1
+    async def _silent_turn(self) -> list[Output]:
         if self.stats.silences > self.settings.max_silences:
             return await self._end(
                 phrase("goodbye_no_response", self.language),
@@ -440,15 +413,11 @@ class MultiAgentSession(SessionCore):
         return await self._end(phrase("message_taken", self.language), action, "message_taken")
 
     def _summary(self, reason: str) -> AgentEvent:
-        return AgentEvent(
-            name="agent.summary",
-            data={
-                "call_id": self.start.call_id,
-                "caller": self.start.caller,
-                "callee": self.start.callee,
+        return self._summary_event(
+            "agent.summary",
+            reason,
+            {
                 "config_version": self.version,
-                "language": self.language,
-                "reason": reason,
                 "agents": self.path,
                 "handoffs": self.handoffs,
                 "crashes": self.crashes,
@@ -456,10 +425,6 @@ class MultiAgentSession(SessionCore):
                 "facts": self.facts,
                 "unanswered": self.unanswered,
                 "message": self.message,
-                "turns": self.stats.turns,
                 "reprompts": self.stats.reprompts,
-                "barge_ins": self.stats.barge_ins,
-                "duration_s": round(self._clock() - self.started_at, 3),
-                "transcript": self.transcript,
             },
         )

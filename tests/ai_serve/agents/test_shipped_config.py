@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_serve.agents.ivr_flow import CallToolAction, _reaching_intents, load_flow
+from ai_serve.agents.flow_checks import reaching_intents
+from ai_serve.agents.ivr_flow import CallToolAction, load_flow
 from ai_serve.agents.tools import CallerContext, ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,7 +29,7 @@ def test_flow_tools_exist_and_allow_the_intents_that_reach_them(path: Path) -> N
     environ = {name: "http://127.0.0.1:9" if name.endswith("_URL") else "x" for name in ENV_VARS}
     registry = ToolRegistry.from_yaml(ROOT / "config" / "tools.yaml", environ=environ)
     flow = load_flow(path)
-    reach = _reaching_intents(flow)
+    reach = reaching_intents(flow)
     calls = [a for a in flow.actions if isinstance(a, CallToolAction)]
     assert calls, "the example flow should exercise tool calling"
     for action in calls:

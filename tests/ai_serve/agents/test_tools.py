@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 from aiohttp import web
 
 from ai_serve.agents.tools import CallerContext, ToolConfigError, ToolRegistry, spoken_failure
+from tests.ai_serve.agents.session_parts import LocalServer, closed_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,25 +28,18 @@ IVR = CallerContext(call_id="call-1", agent="ivr", intent="check_bill", language
 IVR_KO = CallerContext(call_id="call-1", agent="ivr", intent="check_bill", language="ko")
 
 
-class BusinessSystem:
+class BusinessSystem(LocalServer):
     """A small billing/CRM/orders HTTP service that checks credentials like the real ones would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.hits: dict[str, int] = {}
         self.headers: list[dict[str, str]] = []
         self.bodies: list[Any] = []
         self.queries: list[dict[str, str]] = []
         self.release = asyncio.Event()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        r = app.router
+    def routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/accounts/{phone}/balance", self._balance)
         r.add_get("/slow", self._slow)
         r.add_get("/boom", self._fixed("boom", 500))
@@ -57,15 +50,10 @@ class BusinessSystem:
         r.add_post("/api/v2/tickets", self._ticket)
         r.add_post("/flaky-post", self._fixed("flaky-post", 503))
         r.add_get("/orders/{order_id}", self._order)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         self.release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
 
     def _fixed(self, name: str, status: int, text: str | None = None) -> Handler:
         async def handle(_: web.Request) -> web.StreamResponse:
@@ -131,13 +119,6 @@ async def system() -> AsyncIterator[BusinessSystem]:
     await s.start()
     yield s
     await s.stop()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def billing_tool(**overrides: Any) -> dict[str, Any]:
