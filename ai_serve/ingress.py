@@ -47,11 +47,14 @@ from ray.serve.handle import DeploymentHandle
 from pbx_edge.ai_link.protocol import (
     CLOSE_DONE,
     CLOSE_REJECTED,
+    CalleeAvailableMessage,
     DtmfMessage,
     EndMessage,
     GapMessage,
     ProtocolError,
     StartMessage,
+    TransferFailedMessage,
+    TransferMessage,
     decode_batch,
     parse_edge_message,
 )
@@ -224,8 +227,17 @@ class SttIngress:
             elif isinstance(control, DtmfMessage):
                 if agent is not None and control.leg == "caller":
                     agent.dtmf(control.digit)
+            elif isinstance(control, CalleeAvailableMessage):
+                if agent is not None:
+                    agent.callee_available(control.extension, control.reason)
+            elif isinstance(control, TransferMessage):
+                if agent is not None:
+                    agent.transfer_result(True)
+            elif isinstance(control, TransferFailedMessage):
+                if agent is not None:
+                    agent.transfer_result(False, control.reason)
             elif isinstance(control, StartMessage):
                 _LOG.info(
                     "call %s: start again on the same socket (resume=%s)", control.call_id, control.resume
                 )
-            # hold/unhold/transfer: nothing to do for transcription yet
+            # hold/unhold: nothing to do for transcription yet

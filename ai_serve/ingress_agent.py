@@ -238,6 +238,20 @@ class AttendantCall:
         if not self._closed:
             self._actor.dtmf.remote(digit)
 
+    def callee_available(self, extension: str, reason: str) -> None:
+        """The edge says the callee the attendant answered for can be reached again."""
+        if not self._closed:
+            self._actor.callee_available.remote(extension, reason)
+
+    def transfer_result(self, ok: bool, reason: str = "") -> None:
+        """The edge connected the caller to the transfer target (``ok``), or could not (``reason``)."""
+        if self._closed:
+            return
+        if ok:
+            self._actor.transferred.remote()
+        else:
+            self._actor.transfer_failed.remote(reason)
+
     def frames_fed(self, call: CallStream) -> None:
         """After each batch: a new caller utterance opened by the VAD is speech starting."""
         cutter = call.cutters["caller"]

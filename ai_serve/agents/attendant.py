@@ -24,7 +24,9 @@ text rules (yes, no, goodbye, names, numbers) are in :mod:`~ai_serve.agents.text
   that is empty or below ``min_stt_confidence``: a re-prompt, at most ``max_reprompts`` in a row, then a
   goodbye and a hang-up.
 - **Endings.** A request for a person gives a ``transfer`` to the extension (or its transfer target);
-  "no, that's all" a goodbye. The summary event, then the ``transfer`` or ``hangup``, go out
+  so does the edge's word that the callee can be reached again (:meth:`Attendant.callee_available`,
+  unless ``transfer_when_available`` is off); a transfer that fails turns into taking a message.
+  "No, that's all" gives a goodbye. The summary event, then the ``transfer`` or ``hangup``, go out
   ``end_delay_s`` after the last words were played, so the caller hears them; :meth:`finish` (the
   edge ended the call first) sends the summary if it was not sent yet.
 """
@@ -176,6 +178,24 @@ class Attendant(Conversation[_Stats]):
             return await self._question(said)
         return await self._slot(said)
 
+    async def callee_available(self, extension: str, reason: str) -> list[Output]:
+        """The edge says the callee can be reached again (``reason``: registered, back, call_ended):
+        the caller is connected to it, unless the conversation is ending or this is switched off."""
+        if not self.config.transfer_when_available or self.ending:
+            return []
+        self._record("system", f"{extension} available ({reason})", self._clock())
+        return await self._close(
+            self.prompts.callee_available, "callee_available", transfer=True, target=extension
+        )
+
+    async def _on_transfer_failed(self, target: str) -> list[Output]:
+        """The caller could not be connected: take a message instead."""
+        self.stats.reprompts = 0
+        self._phase = Phase.NAME
+        self.message = _Message()
+        sorry, ask = self._fill(self.prompts.transfer_failed), self._fill(self.prompts.ask_name)
+        return await self._say(f"{sorry} {ask}")
+
     def heard_late(self, text: str) -> None:
         """A final that came with the end of the call: recorded, not answered."""
         if text.strip():
@@ -281,11 +301,13 @@ class Attendant(Conversation[_Stats]):
         self.stats.reprompts_total += 1
         return await self._say(self._fill(prompt))
 
-    async def _close(self, prompt: str, reason: str, *, transfer: bool = False) -> list[Output]:
-        """Say ``prompt``; then a transfer (to the extension's target) or a hang-up."""
+    async def _close(
+        self, prompt: str, reason: str, *, transfer: bool = False, target: str | None = None
+    ) -> list[Output]:
+        """Say ``prompt``; then a transfer (to ``target``, else the extension's target) or a hang-up."""
         action: TransferAction | HangupAction
         if transfer:
-            target = self.extension.transfer_target or self.start.callee or self.extension_key
+            target = target or self.extension.transfer_target or self.start.callee or self.extension_key
             action = TransferAction(leg="caller", target=target)
         else:
             action = HangupAction(reason=f"attendant_{reason}")

@@ -3,7 +3,8 @@
 :class:`AttendantLoop` (asyncio, no Ray) drives a :class:`~ai_serve.agents.session.Session` (the
 :class:`~ai_serve.agents.attendant.Attendant`, or an IVR or multi-agent session): speech starts are
 handled at once (a barge-in must not wait behind a turn being answered); finals, gaps, keypad digits
-(for a :class:`~ai_serve.agents.session.KeypadSession`; ignored otherwise) and the greeting are queued
+(for a :class:`~ai_serve.agents.session.KeypadSession`; ignored otherwise), the edge's word on a
+transfer or on the callee's return, and the greeting are queued
 and handled one at a time, in the order they came; the session's deadline (silence, the end after the
 last words) is waited for between them. Its outputs are queued as wire items: ``("json", text)`` for a
 protocol message, ``("audio", pcm)`` for 16 kHz PCM of the caller leg, which the ingress frames and
@@ -32,7 +33,7 @@ from .attendant import Attendant
 from .attendant_config import AttendantConfig, Language
 from .conversation import Output, Say
 from .greetings import to_16k
-from .session import KeypadSession, Session
+from .session import AttendedSession, KeypadSession, Session
 
 if TYPE_CHECKING:
     from .ivr_host import HostedSession
@@ -114,6 +115,16 @@ class AttendantLoop:
         """A keypad digit, queued with the finals (a session without a keypad ignores it)."""
         self._inbox.put_nowait(("dtmf", (digit,)))
 
+    def transferred(self) -> None:
+        self._inbox.put_nowait(("transferred", ()))
+
+    def transfer_failed(self, reason: str) -> None:
+        self._inbox.put_nowait(("transfer_failed", (reason,)))
+
+    def callee_available(self, extension: str, reason: str) -> None:
+        """The callee can be reached again (only an attended session acts on it)."""
+        self._inbox.put_nowait(("callee_available", (extension, reason)))
+
     # running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -171,6 +182,12 @@ class AttendantLoop:
                     attendant.gap()
                 elif kind == "dtmf" and isinstance(attendant, KeypadSession):
                     self._put(await attendant.dtmf(*args))
+                elif kind == "transferred":
+                    self._put(attendant.transferred())
+                elif kind == "transfer_failed":
+                    self._put(await attendant.transfer_failed(*args))
+                elif kind == "callee_available" and isinstance(attendant, AttendedSession):
+                    self._put(await attendant.callee_available(*args))
             except Exception:  # a bug must not leave the caller in silence for the rest of the call
                 _LOG.exception("call %s: attendant failed on %s", attendant.start.call_id, kind)
 
@@ -278,6 +295,15 @@ class AttendantActor:
 
     async def dtmf(self, digit: str) -> None:
         self.loop.dtmf(digit)
+
+    async def transferred(self) -> None:
+        self.loop.transferred()
+
+    async def transfer_failed(self, reason: str) -> None:
+        self.loop.transfer_failed(reason)
+
+    async def callee_available(self, extension: str, reason: str) -> None:
+        self.loop.callee_available(extension, reason)
 
     async def finish(self, reason: str) -> None:
         await self.loop.finish(reason)

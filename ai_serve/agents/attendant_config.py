@@ -52,6 +52,8 @@ class Prompts(_Options):
     goodbye_no_response: str
     goodbye: str
     transfer: str
+    callee_available: str  # the callee can be reached again: connecting the caller
+    transfer_failed: str  # the transfer did not go through: a message instead
 
     @field_validator("*")
     @classmethod
@@ -84,6 +86,8 @@ ENGLISH = Prompts(
     goodbye_no_response="I can't hear you, so I will end the call now. Please call again. Goodbye.",
     goodbye="Thank you for calling {business}. Goodbye.",
     transfer="One moment, I will connect you to {person}.",
+    callee_available="Good news: {person} is available now. One moment, I will connect you.",
+    transfer_failed="I'm sorry, I could not connect you. I can take a message for {person}.",
 )
 KOREAN = Prompts(
     greeting=(
@@ -104,6 +108,8 @@ KOREAN = Prompts(
     goodbye_no_response="말씀이 들리지 않아 전화를 종료하겠습니다. 다시 걸어 주세요. 안녕히 계세요.",
     goodbye="{business}에 전화해 주셔서 감사합니다. 안녕히 계세요.",
     transfer="잠시만 기다려 주세요, {person}께 연결해 드리겠습니다.",
+    callee_available="{person}께서 지금 통화 가능하십니다. 잠시만 기다려 주세요, 연결해 드리겠습니다.",
+    transfer_failed="죄송합니다, 연결되지 않았습니다. {person}께 메시지를 남겨 드릴게요.",
 )
 
 
@@ -154,6 +160,9 @@ class AttendantConfig(_Options):
     retrieval_k: int = Field(3, ge=1, le=20)
     rerank: bool = True
     llm_check: bool = False  # also ask the LLM whether the retrieved answer answers the question
+    # When the edge says the callee can be reached again (it registered, is back, its call ended):
+    # connect the caller to it at once (the attendant's part ends with a transfer).
+    transfer_when_available: bool = True
     min_stt_confidence: float = Field(0.3, ge=0, le=1)  # below: "sorry, I didn't catch that"
     # Turns: silence after the AI stopped talking, re-prompts before giving up, wait for a final.
     silence_timeout_s: float = Field(8.0, gt=0)

@@ -15,8 +15,12 @@ the caller leg) and protocol messages (``stop_playback``, ``transfer``, ``hangup
   talking (or ``final_grace_s`` after speech started without its final) the subclass's silence handler
   runs.
 - **Endings.** The ``transfer`` or ``hangup`` waits in :attr:`Conversation.pending` until the last
-  words have played, plus ``end_delay_s``; then the summary event and the action go out. :meth:`finish`
-  (the edge ended the call first) sends the summary if it was not sent yet.
+  words have played, plus ``end_delay_s``; then the action goes out, and with a ``hangup`` the summary
+  event. A ``transfer`` waits in :attr:`Conversation.transferring` for the edge's word:
+  :meth:`Conversation.transferred` (the target answered) sends the summary; after
+  :meth:`Conversation.transfer_failed` the subclass carries on (:meth:`Conversation._on_transfer_failed`:
+  the caller is never left in silence). :meth:`finish` (the edge ended the call first) sends the
+  summary if it was not sent yet. Every transfer tried is in the summary's ``transfers``.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ class Conversation(Generic[StatsT]):
         self.transcript: list[dict[str, Any]] = []
         self.stats = stats
         self.pending: Pending | None = None
+        self.transferring: Pending | None = None  # a transfer sent; the edge has not said how it went
+        self.transfers: list[dict[str, Any]] = []
         self.done = False
         self.summary_sent = False
         self._said = 0
@@ -172,12 +178,17 @@ class Conversation(Generic[StatsT]):
     def _summary(self, reason: str) -> AgentEvent:
         raise NotImplementedError
 
+    async def _on_transfer_failed(self, target: str) -> list[Output]:
+        """The edge could not connect the caller to ``target``: what the caller hears now."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------------------------- inputs
 
     @property
     def ending(self) -> bool:
-        """The last words are playing (or the call is over): inputs are only recorded."""
-        return self.done or self.pending is not None
+        """The last words are playing, a transfer is under way, or the call is over: inputs are only
+        recorded."""
+        return self.done or self.pending is not None or self.transferring is not None
 
     async def greet(self) -> list[Output]:
         """Say the greeting (when no one played it from a cache)."""
@@ -206,7 +217,7 @@ class Conversation(Generic[StatsT]):
 
     def deadline(self) -> float | None:
         """When :meth:`expire` is due (None: nothing to wait for)."""
-        if self.done:
+        if self.done or self.transferring is not None:
             return None
         if self.pending is not None:
             return self.playing_until + self.settings.end_delay_s
@@ -222,16 +233,42 @@ class Conversation(Generic[StatsT]):
             return []
         if self.pending is not None:
             pending, self.pending = self.pending, None
+            if isinstance(pending.action, TransferAction):
+                self.transferring = pending
+                self.transfers.append({"target": pending.action.target, "reason": pending.reason, "ok": None})
+                return [pending.action]
             self.done = True
             return [self._summary_once(pending.reason), pending.action]
         self.speech_at = None
         return await self._on_silence()
 
+    def transferred(self) -> list[Output]:
+        """The edge connected the caller to the transfer target: this conversation's part is over."""
+        if self.transferring is None:
+            return []
+        pending, self.transferring = self.transferring, None
+        self.transfers[-1]["ok"] = True
+        self.done = True
+        return [] if self.summary_sent else [self._summary_once(pending.reason)]
+
+    async def transfer_failed(self, reason: str) -> list[Output]:
+        """The edge could not connect the caller (refused, no answer, no route): carry on."""
+        if self.transferring is None or self.done:
+            return []
+        pending, self.transferring = self.transferring, None
+        self.transfers[-1].update(ok=False, error=reason)
+        now = self._clock()
+        self.last_input_at = now
+        self._record("system", f"transfer to {self.transfers[-1]['target']} failed: {reason}", now)
+        assert isinstance(pending.action, TransferAction)
+        return await self._on_transfer_failed(pending.action.target)
+
     def finish(self, reason: str = "caller_hangup") -> list[Output]:
         """The edge ended the call (or the socket is gone): the summary, unless it went out already."""
-        if self.pending is not None:
-            reason = self.pending.reason
-        self.pending = None
+        for ending in (self.pending, self.transferring):
+            if ending is not None:
+                reason = ending.reason
+        self.pending = self.transferring = None
         self.done = True
         return [] if self.summary_sent else [self._summary_once(reason)]
 
@@ -314,6 +351,7 @@ class Conversation(Generic[StatsT]):
                 "language": self.language,
                 "reason": reason,
                 **data,
+                "transfers": self.transfers,
                 "turns": self.stats.turns,
                 "barge_ins": self.stats.barge_ins,
                 "duration_s": round(self._clock() - self.started_at, 3),

@@ -31,6 +31,7 @@ _PHRASES: dict[Language, dict[str, str]] = {
         "offer_person": "You can ask me something else, or say 'agent' to talk to a person.",
         "apology": "I'm sorry, something went wrong on my side.",
         "transfer": "Let me connect you to a colleague.",
+        "transfer_failed": "I'm sorry, I couldn't connect you right now.",
         "take_message": "Please tell me your name, number and a short message, and we will call you back.",
         "message_taken": "Thank you, I have passed your message on. Goodbye.",
         "handoff": "Let me pass you to {role}.",
@@ -44,6 +45,7 @@ _PHRASES: dict[Language, dict[str, str]] = {
         "offer_person": "다른 것을 물어보시거나, '상담원'이라고 말씀하시면 연결해 드릴게요.",
         "apology": "죄송합니다, 저희 쪽에 문제가 생겼습니다.",
         "transfer": "담당 직원에게 연결해 드릴게요.",
+        "transfer_failed": "죄송합니다, 지금은 연결해 드릴 수 없습니다.",
         "take_message": "성함과 연락처, 남기실 말씀을 말씀해 주시면 다시 연락드리겠습니다.",
         "message_taken": "감사합니다, 메시지를 전달해 드리겠습니다. 안녕히 계세요.",
         "handoff": "{role}에게 연결해 드릴게요.",
@@ -99,6 +101,11 @@ class SessionCore(Conversation[SessionStats]):
     def _set_language(self, language: Language) -> None:
         """The caller switched language (``auto`` calls only)."""
         self.language = language
+
+    async def _on_transfer_failed(self, target: str) -> list[Output]:
+        """Say so, and go on listening."""
+        language = self.language
+        return await self._say(f"{phrase('transfer_failed', language)} {phrase('anything_else', language)}")
 
     # ---------------------------------------------------------------------------------- helpers
 

@@ -24,7 +24,8 @@ A ``transfer`` action asks the B2BUA to connect the caller to the target
 (pbx_edge/b2bua/transfer.py). On ``call.transferred`` the caller is taken off the injector (it
 hears the target), the AI is told with a ``transfer`` control and its stream goes on transcribing
 both legs; the AI's audio is no longer played. ``call.transfer_failed`` (published by the node, as
-are all call events) leaves the call with the AI.
+are all call events) leaves the call with the AI, which is told with a ``transfer_failed`` control
+(so is a transfer that cannot even be tried: no route, no offer).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pbx_edge.ai_link.protocol import (
     TranscriptEvent,
     TranscriptGap,
     TransferAction,
+    TransferFailedMessage,
     TransferMessage,
 )
 from pbx_edge.ai_link.transcripts import TranscriptStore
@@ -128,7 +130,8 @@ class AiBridge:
         elif event.name == "call.transferred":
             self._transferred(call_id)
         elif event.name == "call.transfer_failed":
-            self.transferring.pop(call_id, None)
+            target = self.transferring.pop(call_id, None)
+            self._transfer_failed(call_id, target or str(event.data.get("target")), event.data.get("reason"))
         elif event.name == "call.callee_available":
             self._callee_available(call_id, event.callee or "")
         elif event.name == "call.ended":
@@ -296,13 +299,24 @@ class AiBridge:
         log.warning("call %s: AI action %s not supported by the edge yet", call_id, type(action).__name__)
 
     def _transfer(self, call_id: str, action: TransferAction) -> None:
-        if action.leg != "caller" or call_id in self.transferring or call_id not in self.attended:
+        if call_id in self.transferring:
+            self._transfer_failed(call_id, action.target, "a transfer is under way")
+            return
+        if action.leg != "caller" or call_id not in self.attended:
             log.warning("call %s: transfer of the %s leg not supported here", call_id, action.leg)
+            self._transfer_failed(call_id, action.target, "only an attended caller can be transferred")
             return
         self.transferring[call_id] = action.target
         if not self.node.transfer(call_id, action.target):
             self.transferring.pop(call_id, None)
             log.warning("call %s: cannot transfer to %r", call_id, action.target)
+            self._transfer_failed(call_id, action.target, "no route or no offer")
+
+    def _transfer_failed(self, call_id: str, target: str, reason: object) -> None:
+        """The AI asked for a transfer that did not happen: it is told, and keeps the caller."""
+        stream = self.link.stream(call_id)
+        if stream is not None:
+            stream.send_control(TransferFailedMessage(target=target or "?", reason=str(reason or "")))
 
     async def close(self) -> None:
         for watchdog in self.attended.values():

@@ -11,7 +11,7 @@ The edge opens ``/v1/calls/{call_id}/stream`` and sends, in order:
    when this is a reconnection for the same call);
 2. JSON :class:`GapMessage` controls for media lost since the previous connection, if any;
 3. binary audio batches (see below), interleaved with JSON controls (hold, unhold, transfer,
-   callee_available, dtmf, gap) as they happen;
+   transfer_failed, callee_available, dtmf, gap) as they happen;
 4. a JSON :class:`EndMessage`, then a close with code 1000.
 
 The AI side sends JSON :class:`TranscriptEvent` and :class:`TranscriptGap` messages, action
@@ -90,6 +90,7 @@ __all__ = [
     "TranscriptEvent",
     "TranscriptGap",
     "TransferAction",
+    "TransferFailedMessage",
     "TransferMessage",
     "UnholdMessage",
     "decode_batch",
@@ -317,6 +318,16 @@ class TransferMessage(_Message):
     target: str = Field(min_length=1)
 
 
+class TransferFailedMessage(_Message):
+    """The edge could not connect the caller to the ``target`` of the AI's ``transfer`` action: the
+    target refused, did not answer, gave an unusable answer, or has no route. The call stays with the
+    AI, which must go on talking to the caller."""
+
+    type: Literal["transfer_failed"] = "transfer_failed"
+    target: str = Field(min_length=1)
+    reason: str = ""
+
+
 class CalleeAvailableMessage(_Message):
     """The extension the AI attendant answered for can be reached again: it ``registered``, is
     ``back`` from away, or its call ended (``call_ended``, for a ``busy`` trigger). The AI may offer
@@ -449,6 +460,7 @@ ControlMessage: TypeAlias = Annotated[
     HoldMessage
     | UnholdMessage
     | TransferMessage
+    | TransferFailedMessage
     | CalleeAvailableMessage
     | DtmfMessage
     | EndMessage
@@ -469,6 +481,7 @@ _EDGE_TYPES: dict[str, type[_Message]] = {
         HoldMessage,
         UnholdMessage,
         TransferMessage,
+        TransferFailedMessage,
         CalleeAvailableMessage,
         DtmfMessage,
         EndMessage,

@@ -85,6 +85,8 @@ class Call:
     last_callee_rseq: int = 0
     route_source: str = ""
     late_offer_cseq: int | None = None  # callee 2xx carried the offer: its ACK waits for the caller's
+    transfer_target: str | None = None  # the AI's last transfer (pbx_edge/b2bua/transfer.py) ...
+    transfer_error: str | None = None  # ... and why it failed, if it did
 
     def leg_for_call_id(self, call_id: str) -> Leg | None:
         if call_id == self.a.dialog.call_id:

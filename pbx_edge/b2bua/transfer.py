@@ -85,6 +85,7 @@ class TransferFlows(AttendantFlows):
         owner = TransferInvite(call, leg, target, tx)
         tx.owner = owner
         self.transfers[call.id] = owner
+        call.transfer_target, call.transfer_error = target, None
         extension = self.router.extension_config(uri.user_unescaped or "") if uri is not None else None
         timeout = self.config.calls.no_answer_timeout
         if extension is not None and extension.no_answer_timeout is not None:
@@ -156,6 +157,7 @@ class TransferFlows(AttendantFlows):
         self.timers.cancel((call.id, "transfer", 0))
         self._cancel_transfer(owner, now)
         log.info("call %s: transfer to %s failed: %s", call.id, owner.target, why)
+        call.transfer_error = why
         if call.state is CallState.CONFIRMED:
             self.emit("call.transfer_failed", call)
 

@@ -86,6 +86,8 @@ class CallEventAdapter:
             stamp = call.answered_at or stamp
         elif name == "call.callee_available":
             data["extension"] = call.callee
+        elif name == "call.transfer_failed":
+            data = {"target": call.transfer_target, "reason": call.transfer_error}
         elif name == "call.ended":
             record = self.cdr_record(call)
             self.cdr.add(record)

@@ -41,8 +41,8 @@ callee leg exists), ``caller`` and ``callee``. The ``data`` fields per event nam
     the AI's transfer action succeeded: the target answered and now talks to the caller; no fields,
     ``b_call_id`` is the target leg's Call-ID (pbx_edge/b2bua/transfer.py).
 ``call.transfer_failed``
-    the transfer target refused, did not answer in time or gave an unusable answer; no fields. The
-    call stays with the AI.
+    the transfer target refused, did not answer in time or gave an unusable answer: ``target``,
+    ``reason`` (e.g. ``486 Busy Here``, ``no answer``). The call stays with the AI, which is told.
 ``call.callee_available``
     the extension the AI attendant answered for can be reached again (``unregistered``: it
     registered, ``away``: it is back, ``busy``: its call through this edge ended; the trigger is in

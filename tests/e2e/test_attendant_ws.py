@@ -30,6 +30,7 @@ from ai_serve.eval.speech import normalize, silence, synth, tap_frames, with_noi
 from pbx_edge.ai_link.protocol import (
     AgentEvent,
     AudioFrame,
+    CalleeAvailableMessage,
     EndMessage,
     HangupAction,
     Leg,
@@ -37,6 +38,8 @@ from pbx_edge.ai_link.protocol import (
     StartMessage,
     StopPlaybackAction,
     TranscriptEvent,
+    TransferAction,
+    TransferFailedMessage,
     decode_frame,
     encode_batch,
     parse_ai_message,
@@ -232,3 +235,50 @@ async def test_the_attendant_answers_from_the_knowledge_base_over_the_websocket(
     assert "saturday" in words and words & {"nine", "9", "9am"}, text
     async with aiohttp.ClientSession() as http, http.get(f"{app.http_url}/healthz") as resp:
         assert (await resp.json())["attendants"]["active"] == 0
+
+
+async def test_the_callee_coming_back_is_offered_the_caller_and_a_failed_transfer_takes_a_message(
+    clinic_roles: ServeApp,
+) -> None:
+    """The edge's ``callee_available``: the attendant announces it and asks for a transfer to 201;
+    the edge says the transfer failed (486): the attendant apologises and takes a message."""
+    import aiohttp
+
+    start = StartMessage(
+        call_id="attendant-ws-2", a_call_id="a-2", caller="1001", callee="201", language="en",
+        mode="attendant", trigger="unregistered",
+    )  # fmt: skip
+    url = f"{clinic_roles.ws_url}/v1/calls/{start.call_id}/stream"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        edge = Edge(time.monotonic())
+        await ws.send_str(start.to_json())
+        reader = asyncio.create_task(_read(ws, edge))
+        sender = asyncio.create_task(CallerLeg(ws).run())
+        try:
+            await edge.wait_for(lambda m: isinstance(m, AudioFrame), 60)  # the greeting
+            await ws.send_str(CalleeAvailableMessage(extension="201", reason="registered").to_json())
+            _, news = await edge.wait_for(
+                lambda m: isinstance(m, PlayAction) and "Good news" in (m.text or ""), 60
+            )
+            assert news.text == "Good news: Doctor Kim is available now. One moment, I will connect you."
+            _, transfer = await edge.wait_for(lambda m: isinstance(m, TransferAction), 60)
+            assert transfer == TransferAction(leg="caller", target="201")
+            assert not edge.of(AgentEvent)  # the summary waits for the edge's word on the transfer
+            await ws.send_str(TransferFailedMessage(target="201", reason="486 Busy Here").to_json())
+            _, sorry = await edge.wait_for(
+                lambda m: isinstance(m, PlayAction) and "sorry" in (m.text or ""), 60
+            )
+            assert sorry.text.endswith("May I have your name, please?")
+            await ws.send_str(EndMessage(reason="hangup").to_json())
+            await asyncio.wait_for(reader, 30)
+        finally:
+            sender.cancel()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(sender, reader)
+    assert edge.closed == 1000
+    ((_, summary),) = edge.of(AgentEvent)
+    assert summary.name == "attendant.summary" and summary.data["trigger"] == "unregistered"
+    assert summary.data["transfers"] == [
+        {"target": "201", "reason": "callee_available", "ok": False, "error": "486 Busy Here"}
+    ]

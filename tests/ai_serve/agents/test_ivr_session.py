@@ -30,6 +30,7 @@ from tests.ai_serve.agents.session_parts import (
     closed_port,
     environ,
     events,
+    play_out,
     said,
     silence,
 )
@@ -64,12 +65,7 @@ class Call:
         self.clock.now = max(self.clock.now, self.session.playing_until) + 0.2
 
     async def ending(self) -> list[Output]:
-        deadline = self.session.deadline()
-        assert deadline is not None
-        self.clock.now = deadline
-        outputs = await self.session.expire()
-        assert self.session.deadline() is None
-        return outputs
+        return await play_out(self.session, self.clock)
 
 
 NewCall = Callable[..., Call]

@@ -27,6 +27,7 @@ from tests.ai_serve.agents.session_parts import (
     Knowledge,
     environ,
     events,
+    play_out,
     said,
     silence,
 )
@@ -86,10 +87,7 @@ def new_session(
 
 
 async def ending(session: MultiAgentSession, clock: Clock) -> list[Output]:
-    deadline = session.deadline()
-    assert deadline is not None
-    clock.now = deadline
-    return await session.expire()
+    return await play_out(session, clock)
 
 
 # ------------------------------------------------------------------------------------ conversations
@@ -262,6 +260,27 @@ async def test_asking_for_a_person_transfers(new_session: NewSession) -> None:
     session, clock = new_session()
     assert said(await session.heard("Can I talk to a real person")) == "Let me connect you to a colleague."
     assert (await ending(session, clock))[1] == TransferAction(leg="caller", target="1201")
+
+
+async def test_a_transfer_the_edge_could_not_make_the_call_goes_on(new_session: NewSession) -> None:
+    session, clock = new_session()
+    await session.heard("Can I talk to a real person")
+    clock.now = session.deadline() or 0.0
+    assert await session.expire() == [TransferAction(leg="caller", target="1201")]
+    reply = said(await session.transfer_failed("480 Temporarily Unavailable"))
+    assert reply == "I'm sorry, I couldn't connect you right now. Is there anything else I can help you with?"
+    assert not session.ending and session.deadline() is not None
+    assert said(await session.heard("What is my balance?")).startswith("Your balance is")
+    (summary,) = session.finish()
+    assert isinstance(summary, AgentEvent)
+    assert summary.data["transfers"] == [
+        {
+            "target": "1201",
+            "reason": "transfer_requested",
+            "ok": False,
+            "error": "480 Temporarily Unavailable",
+        }
+    ]
 
 
 # ------------------------------------------------------------------------------------------ config

