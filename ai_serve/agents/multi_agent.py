@@ -11,16 +11,17 @@ Theory of operation
   approach of :class:`~ai_serve.agents.intents.IntentClassifier`). Below that, an optional LLM router
   (``(utterance, [(agent, description)]) -> agent``, on GPU stacks) may name one; an answer that is not
   an agent is ignored. Keypad digits map to agents by the config's ``dtmf``.
-- **Specialists.** The first routed request creates the :class:`Specialist` (a per-call object) that
-  handles it and the following ones: a request near one of its tool uses' examples calls that tool
-  (the IVR's tool path: the success sentence with ``{result.x}``, or the registry's spoken failure);
-  otherwise it answers from the knowledge base under its filter, only above the confidence thresholds,
-  else says it is not sure and offers a person.
+- **Specialists.** The first routed request creates the specialist (:mod:`ai_serve.agents.specialist`)
+  that handles it and the following ones, through the session's ``specialists`` factory: in this
+  process by default, or as a Ray actor of its own per agent per call
+  (:mod:`ai_serve.agents.specialist_actor`, what the live app does), let go when another agent takes
+  over and at the end of the call.
 - **Hand-offs.** When a later request routes confidently to another agent the current one may hand
   over to (its ``handoff`` list), a new specialist is created with the context (the transcript so far
   and the facts collected, e.g. tool results), an ``agent.handoff`` event goes out and the new agent
   handles the request.
-- **Never silence.** If a specialist raises (a bug, a dead retriever), the caller hears a short apology
+- **Never silence.** If a specialist raises (a bug, a dead retriever, its actor died), the caller hears
+  a short apology
   and is transferred to ``human_extension``; without one, a message is taken. A request for a person
   does the same without the apology; so does a request the supervisor still cannot route after
   ``max_retries`` reprompts.
@@ -30,9 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,14 +40,12 @@ import numpy.typing as npt
 from ai_serve.embeddings import TextEmbedder, l2_normalize
 from pbx_edge.ai_link.protocol import AgentEvent, HangupAction, StartMessage, TransferAction
 
-from .agent_config import AgentsConfig, AgentSpec, ToolUse
-from .attendant_config import Language
-from .conversation import Output, Retrieve, SessionSettings, Speak, best_answer
+from .agent_config import AgentsConfig, AgentSpec
+from .conversation import Output, Retrieve, SessionSettings, Speak
 from .intents import EmbedFn, parse_llm_answer
 from .session_core import SessionCore, phrase
-from .templates import render_template, render_value
+from .specialist import AgentContext, AgentHandle, Reply, Route, Specialist, SpecialistFactory, ToolMatcher
 from .text_rules import is_transfer_request
-from .tool_turn import use_tool
 from .tools import CallRecorder, ToolRegistry
 
 __all__ = [
@@ -65,17 +63,6 @@ _LOG = logging.getLogger(__name__)
 LlmRouter = Callable[[str, Sequence[tuple[str, str]]], Awaitable[str | None]]
 """``(utterance, [(agent name, description), ...]) -> agent name or None`` (an LLM, on GPU stacks)."""
 SUPERVISOR = "supervisor"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """The supervisor's decision on one request; ``agent`` None: no agent is clearly meant."""
-
-    agent: str | None
-    source: Literal["embedding", "llm", "dtmf"] | None
-    score: float = 0.0
-    scores: Mapping[str, float] = field(default_factory=dict)
-    vector: npt.NDArray[np.float32] | None = field(default=None, repr=False)
 
 
 class AgentRouter:
@@ -124,101 +111,13 @@ class AgentRouter:
         confident = score >= nlu.threshold and score - runner >= nlu.margin
         return Route(top if confident else None, "embedding" if confident else None, score, scores, vector)
 
-    def tool_for(self, agent: str, vector: npt.NDArray[np.float32]) -> tuple[ToolUse | None, float]:
-        """The agent's tool use nearest to the request, if it reaches ``tool_threshold``."""
+    def matcher(self, agent: str) -> ToolMatcher | None:
+        """The agent's tool uses with their example vectors (None: it has no tools)."""
         if agent not in self._tools:
-            return None, 0.0
+            return None
         rows, labels = self._tools[agent]
-        sims = rows @ vector
-        index = int(np.argmax(sims))
-        score = float(sims[index])
-        if score < self.config.tool_threshold:
-            return None, score
-        return self.config.agent(agent).tools[int(labels[index])], score
-
-
-@dataclass(slots=True)
-class AgentContext:
-    """What a specialist knows of the call: the transcript so far and the facts collected (tool results
-    by tool, dots as ``_``), handed from agent to agent."""
-
-    transcript: list[dict[str, Any]] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-    handed_from: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A specialist's answer to one request, and what it learned."""
-
-    text: str
-    facts: dict[str, Any] = field(default_factory=dict)
-    answered: bool = True
-
-
-class Specialist:
-    """One agent for one call; exceptions escape on purpose (the session turns them into a transfer)."""
-
-    def __init__(
-        self,
-        spec: AgentSpec,
-        context: AgentContext,
-        *,
-        router: AgentRouter,
-        tools: ToolRegistry,
-        retrieve: Retrieve,
-        start: StartMessage,
-        settings: SessionSettings,
-        audit: CallRecorder | None = None,
-    ) -> None:
-        self.spec = spec
-        self.context = context
-        self._router, self._tools, self._retrieve = router, tools, retrieve
-        self._start, self._settings, self._audit = start, settings, audit
-        self.tool_calls: list[dict[str, Any]] = []
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def _values(self, request: str, language: Language) -> dict[str, Any]:
-        s = self._start
-        return {
-            "caller": s.caller, "callee": s.callee, "call_id": s.call_id, "language": language,
-            "request": request, "agent": self.spec.name, "facts": self.context.facts,
-        }  # fmt: skip
-
-    async def respond(self, request: str, route: Route, language: Language) -> Reply:
-        """Handle ``request`` with a tool or from the knowledge base."""
-        use = None
-        if route.vector is not None:
-            use, _ = self._router.tool_for(self.name, route.vector)
-        if use is not None:
-            return await self._use_tool(use, request, language)
-        if self.spec.knowledge is not None:
-            hits = await self._retrieve(request, language, self.spec.knowledge.business_unit)
-            answer, _, _ = best_answer(hits, self._settings)
-            if answer is not None:
-                return Reply(answer)
-        return Reply(f"{phrase('not_sure', language)} {phrase('offer_person', language)}", answered=False)
-
-    async def _use_tool(self, use: ToolUse, request: str, language: Language) -> Reply:
-        values = self._values(request, language)
-        arguments = {name: render_value(template, values) for name, template in use.arguments.items()}
-        text = self._tools_text(use, language)
-        turn = await use_tool(
-            self._tools, use.tool, arguments, start=self._start, agent=self.name, language=language,
-            render=lambda result: render_template(text, {**values, "result": result}), audit=self._audit,
-        )  # fmt: skip
-        result = turn.result
-        self.tool_calls.append({"tool": result.tool, "ok": result.ok, "error": result.error_kind})
-        if not result.ok:
-            return Reply(turn.text, answered=False)
-        return Reply(turn.text, {use.tool.replace(".", "_"): result.data}, answered=turn.said_success)
-
-    def _tools_text(self, use: ToolUse, language: Language) -> str:
-        return use.say.get(language) or next(iter(use.say.values()))
+        uses = tuple(self.config.agent(agent).tools)
+        return ToolMatcher(uses, rows, labels, self.config.tool_threshold)
 
 
 class MultiAgentSession(SessionCore):
@@ -237,7 +136,10 @@ class MultiAgentSession(SessionCore):
         audit: CallRecorder | None = None,
         llm_router: LlmRouter | None = None,
         settings: SessionSettings | None = None,
+        specialists: SpecialistFactory | None = None,
     ) -> None:
+        """``specialists`` makes each agent of the call (default: a :class:`Specialist` in this
+        process; :class:`~ai_serve.agents.specialist_actor.ActorSpecialists` gives each its own actor)."""
         if router.config is not config and router.config != config:
             raise ValueError("the router was built for another agents config")
         super().__init__(
@@ -247,7 +149,8 @@ class MultiAgentSession(SessionCore):
         self.config = config
         self.router = router
         self._llm_router = llm_router
-        self.agent: Specialist | None = None
+        self._specialists = specialists or self._local_specialist
+        self.agent: AgentHandle | None = None
         self.facts: dict[str, Any] = {}
         self.retries = 0
         self.taking_message = False
@@ -257,11 +160,32 @@ class MultiAgentSession(SessionCore):
         self.crashes: list[dict[str, Any]] = []
         self.unanswered: list[str] = []
 
+    def _local_specialist(
+        self, spec: AgentSpec, context: AgentContext, matcher: ToolMatcher | None
+    ) -> Specialist:
+        return Specialist(
+            spec, context, matcher, tools=self.tools, retrieve=self._retrieve, start=self.start,
+            settings=self.settings, audit=self._audit,
+        )  # fmt: skip
+
     # ----------------------------------------------------------------------------------- inputs
 
     @property
     def greeting(self) -> str:
         return self.config.text(self.config.greeting, self.language)
+
+    def finish(self, reason: str = "caller_hangup") -> list[Output]:
+        """The call is over: the summary, and the agent serving it is let go."""
+        outputs = super().finish(reason)
+        self._let_go()
+        return outputs
+
+    def _let_go(self) -> None:
+        if self.agent is not None:
+            try:
+                self.agent.close()
+            except Exception as exc:  # an agent that is already gone
+                _LOG.warning("call %s: closing agent %s: %r", self.start.call_id, self.agent.name, exc)
 
     async def heard(self, text: str, confidence: float | None = None) -> list[Output]:
         """A final transcript of the caller leg."""
@@ -342,9 +266,7 @@ class MultiAgentSession(SessionCore):
             _LOG.exception("call %s: agent %s failed", self.start.call_id, agent.name)
             self.crashes.append({"agent": agent.name, "error": f"{type(exc).__name__}: {exc}"})
             return outputs + await self._person("agent_crashed", apology=True, prefix=prefix)
-        finally:
-            self.stats.tool_calls.extend({**c, "by": agent.name} for c in agent.tool_calls)
-            agent.tool_calls.clear()
+        self.stats.tool_calls.extend({**c, "by": agent.name} for c in reply.tool_calls)
         self.facts.update(reply.facts)
         agent.context.facts.update(reply.facts)
         if not reply.answered:
@@ -360,10 +282,8 @@ class MultiAgentSession(SessionCore):
             handed_from=source,
             reason=reason,
         )
-        self.agent = Specialist(
-            self.config.agent(target), context, router=self.router, tools=self.tools, retrieve=self._retrieve,
-            start=self.start, settings=self.settings, audit=self._audit,
-        )  # fmt: skip
+        self._let_go()  # the previous agent (if any) hands over and goes
+        self.agent = self._specialists(self.config.agent(target), context, self.router.matcher(target))
         self.path.append(target)
         entry = {
             "from": source,
