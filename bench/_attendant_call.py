@@ -45,6 +45,8 @@ __all__ = [
     "converse",
     "edge_config",
     "percentile",
+    "talk_ends",
+    "until",
 ]
 
 EXTENSION = "201"  # the clinic in tests.serve_cluster.ATTENDANT_ARGS
@@ -103,10 +105,10 @@ class EventLog:
 class SpeakingCaller:
     """A PCMU phone that keeps sending RTP in real time and speaks on demand."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, number: str = "phone") -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (numpy's generators refuse {seed})")
-        self.phone = Phone(payload_types={0: "PCMU/8000"})
+        self.phone = Phone(payload_types={0: "PCMU/8000"}, user=number)
         self.encoder = get_codec("PCMU").new_encoder()
         self.decoder = get_codec("PCMU").new_decoder()
         self.seed = seed
@@ -122,9 +124,9 @@ class SpeakingCaller:
         await self.phone.start()
         return self
 
-    async def call(self, edge: tuple[str, int]) -> Dialog:
-        """INVITE extension 201 and, once answered, start sending media."""
-        dialog = await self.phone.call(edge, user=EXTENSION)
+    async def call(self, edge: tuple[str, int], user: str = EXTENSION) -> Dialog:
+        """INVITE ``user`` (extension 201) and, once answered, start sending media."""
+        dialog = await self.phone.call(edge, user=user)
         self.call_id = dialog.call_id
         if dialog.final == 200:
             self._sender = asyncio.create_task(self._send())
@@ -205,7 +207,7 @@ def _rms(pcm: npt.NDArray[Any]) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
 
 
-async def _until(caller: SpeakingCaller, what: Any, timeout: float, label: str) -> Any:
+async def until(caller: SpeakingCaller, what: Any, timeout: float, label: str) -> Any:
     """Poll ``what()`` every 20 ms until it returns something not None (while the caller sends)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while (value := what()) is None:
@@ -216,7 +218,7 @@ async def _until(caller: SpeakingCaller, what: Any, timeout: float, label: str) 
     return value
 
 
-async def _talk_ends(caller: SpeakingCaller, since: float, timeout: float) -> float:
+async def talk_ends(caller: SpeakingCaller, since: float, timeout: float) -> float:
     """The time of the last loud packet once the AI has been quiet for :data:`QUIET_S`."""
     loop = asyncio.get_running_loop()
 
@@ -224,7 +226,7 @@ async def _talk_ends(caller: SpeakingCaller, since: float, timeout: float) -> fl
         last = caller.last_loud(since)
         return last if last is not None and loop.time() - last > QUIET_S else None
 
-    value: float = await _until(caller, quiet, timeout, "the AI never stopped talking")
+    value: float = await until(caller, quiet, timeout, "the AI never stopped talking")
     return value
 
 
@@ -266,23 +268,23 @@ async def converse(
     dialog = await caller.call(edge)
     assert dialog.final == 200, f"the edge answered the INVITE with {dialog.final}"
     out.a_call_id = dialog.call_id
-    ai_answered = await _until(
+    ai_answered = await until(
         caller, lambda: log.first(dialog.call_id, "call.ai_answered"), timeout, "call.ai_answered"
     )
     out.triggered = ai_answered[0]
-    out.greeting = await _until(caller, lambda: caller.first_loud(out.triggered), timeout, "the greeting")
-    greeting_end = await _talk_ends(caller, out.greeting, timeout)
+    out.greeting = await until(caller, lambda: caller.first_loud(out.triggered), timeout, "the greeting")
+    greeting_end = await talk_ends(caller, out.greeting, timeout)
     caller.say(QUESTION)
-    await _until(
+    await until(
         caller, lambda: True if caller.speech_ended.is_set() else None, 30, "the question was not sent"
     )
     out.asked_end = caller.speech_ended_at
     after = max(out.asked_end, greeting_end + 0.001)
-    out.answer = await _until(caller, lambda: caller.first_loud(after), timeout, "the answer")
-    out.answer_end = await _talk_ends(caller, out.answer, timeout)
+    out.answer = await until(caller, lambda: caller.first_loud(after), timeout, "the answer")
+    out.answer_end = await talk_ends(caller, out.answer, timeout)
     out.answer_pcm = caller.audio(out.answer - 0.1, out.answer_end + 0.1)
     caller.say(CLOSING)
-    await _until(caller, lambda: True if caller.phone.byed.is_set() else None, timeout, "the BYE")
+    await until(caller, lambda: True if caller.phone.byed.is_set() else None, timeout, "the BYE")
     out.byed = loop.time()
     return out
 

@@ -119,6 +119,7 @@ class ServeApp:
     host: str = HOST
     name: str = APP_NAME
     billing_port: int = 0  # where mode "ivr" calls billing (ivr_args); 0: not configured
+    audit_url: str = ""  # the tool audit log of mode "ivr" (ivr_args)
 
     @property
     def http_url(self) -> str:
@@ -213,12 +214,15 @@ def serve_app() -> Iterator[ServeApp]:
         args["ingress"] = {"stt_timeout_s": STT_TIMEOUT_S}
     if "attendant" in AppArgs.model_fields:
         args["attendant"] = ATTENDANT_ARGS
-    app = ServeApp(port=free_port(), billing_port=free_port())
     import tempfile
 
     audit_dir = tempfile.mkdtemp(prefix="smartpbx-ivr-audit-")
+    billing_port = free_port()
     if "ivr" in AppArgs.model_fields:
-        args["ivr"] = ivr_args(app.billing_port, audit_dir)
+        args["ivr"] = ivr_args(billing_port, audit_dir)
+    app = ServeApp(
+        port=free_port(), billing_port=billing_port, audit_url=args.get("ivr", {}).get("audit_url", "")
+    )
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t1 = time.perf_counter()

@@ -105,6 +105,7 @@ class Phone(asyncio.DatagramProtocol):
     byed: asyncio.Event = field(default_factory=asyncio.Event)
     host: str = LOOPBACK  # another 127.x address makes this phone a different source
     answer_with: int = 200  # status for incoming INVITEs (486: busy)
+    user: str = "phone"  # the From user of its calls (the caller's number the edge sees)
 
     async def start(self) -> Phone:
         loop = asyncio.get_running_loop()
@@ -236,20 +237,27 @@ class Dialog:
     to: str = ""
     final: int = 0
 
-    def request(self, method: str, cseq: int, body: bytes = b"", to: str | None = None) -> bytes:
+    def request(
+        self,
+        method: str,
+        cseq: int,
+        body: bytes = b"",
+        to: str | None = None,
+        content_type: str = "application/sdp",
+    ) -> bytes:
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         lines = [
             f"{method} {self.uri} SIP/2.0",
             f"Via: SIP/2.0/UDP {self.phone.host}:{self.phone.sip_port};branch={branch};rport",
             "Max-Forwards: 70",
-            f"From: <sip:phone@{self.phone.host}>;tag=caller-{self.call_id[:8]}",
+            f"From: <sip:{self.phone.user}@{self.phone.host}>;tag=caller-{self.call_id[:8]}",
             f"To: {to or self.to or '<' + self.uri + '>'}",
             f"Call-ID: {self.call_id}",
             f"CSeq: {cseq} {method}",
-            f"Contact: <sip:phone@{self.phone.host}:{self.phone.sip_port}>",
+            f"Contact: <sip:{self.phone.user}@{self.phone.host}:{self.phone.sip_port}>",
         ]
         if body:
-            lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
