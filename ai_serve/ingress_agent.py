@@ -21,8 +21,9 @@ A reconnection (``resume``) gets a new attendant that does not greet again.
 
 Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
 way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`), except that the
-greeting is synthesized by the session (no cache: it is the flow's, and the flow may change) and the
-call keeps the language of its ``start`` (the flow chooses, ``auto`` included). The edge's ``dtmf``
+greeting is synthesized by the session (it is the flow's, and the flow may change; greetings without
+per-call placeholders are said once at warm-up, so the TTS role's cache has them) and the call keeps
+the language of its ``start`` (the flow chooses, ``auto`` included). The edge's ``dtmf``
 controls go to the actor (:meth:`AttendantCall.dtmf`); the attendant ignores them.
 """
 
@@ -48,7 +49,7 @@ from pbx_edge.ai_link.protocol import (
 from .agents.attendant_actor import AttendantActor, RoleClients, WireItem
 from .agents.attendant_config import AttendantConfig
 from .agents.greetings import GreetingCache, configured_greetings
-from .agents.ivr_host import IvrOptions
+from .agents.ivr_host import IvrOptions, static_greetings
 from .ingress_call import CallStream
 
 __all__ = ["AgentRuntime", "AttendantCall"]
@@ -70,6 +71,7 @@ class AgentRuntime:
         self.greetings = GreetingCache(self.roles.synthesize)
         self.active = 0
         self._warm: asyncio.Task[int] | None = None
+        self._ivr_warm: asyncio.Task[int] | None = None
         self._actor_class: Any = None
 
     def actor_class(self) -> Any:
@@ -87,13 +89,28 @@ class AgentRuntime:
 
     def ensure_warm(self) -> None:
         """Synthesize the configured greetings in the background; again later while some failed
-        (the roles app may come up after this replica)."""
+        (the roles app may come up after this replica). IVR greetings are said once through the TTS
+        role, whose cache then has them for the first callers."""
+        if self.ivr.enabled and self.config.warm_greetings and self._ivr_warm is None:
+            self._ivr_warm = asyncio.create_task(self._warm_ivr(), name="ivr-greetings")
         if not (self.config.warm_greetings and self.config.extensions):
             return
         items = configured_greetings(self.config)
         if self._warm is not None and (not self._warm.done() or self._warm.result() == len(items)):
             return
         self._warm = asyncio.create_task(self.greetings.warm(items), name="attendant-greetings")
+
+    async def _warm_ivr(self) -> int:
+        """Synthesize the IVR and multi-agent greetings that have no per-call placeholder."""
+        said = 0
+        for text, language in await asyncio.to_thread(static_greetings, self.ivr):
+            try:
+                await self.roles.synthesize(text, language)
+                said += 1
+            except Exception as exc:  # the roles app may not be up yet: the first call synthesizes
+                _LOG.info("IVR greeting not warmed (%r); later calls synthesize it", exc)
+                break
+        return said
 
     def info(self) -> dict[str, Any]:
         return {

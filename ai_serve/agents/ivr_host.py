@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pbx_edge.ai_link.protocol import StartMessage
 
 from .agent_config import AgentConfigError, AgentsConfig, load_agents
-from .attendant_config import extension_key
+from .attendant_config import Language, extension_key
 from .audit import AuditLog
 from .conversation import Retrieve, SessionSettings, Speak
 from .flow_registry import FlowRegistry
@@ -62,6 +62,7 @@ __all__ = [
     "UnconfiguredTools",
     "load_tools_leniently",
     "open_session",
+    "static_greetings",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -217,6 +218,26 @@ def _agents_for(path: str | None, number: str, embedder: str) -> tuple[AgentsCon
         router = AgentRouter.from_embedder(config, _embedder(embedder))
         _AGENTS[path] = (stamp, config, router)
     return config, router
+
+
+def static_greetings(options: IvrOptions) -> list[tuple[str, Language]]:
+    """``(text, language)`` of every flow's and the agents config's greeting that has no per-call
+    placeholder, spaced as the sessions say them (what the ingress warms the TTS cache with)."""
+    configs: list[IvrFlow | AgentsConfig] = []
+    if os.path.isdir(options.flows_dir):
+        configs.extend(FlowRegistry(options.flows_dir).flows.values())
+    if options.agents_file is not None and os.path.isfile(options.agents_file):
+        try:
+            configs.append(load_agents(options.agents_file))
+        except (AgentConfigError, OSError) as exc:
+            _LOG.warning("agents file %s not read for warm-up: %s", options.agents_file, exc)
+    out: list[tuple[str, Language]] = []
+    for config in configs:
+        for language in config.languages:
+            text = " ".join(config.text(config.greeting, language).split())
+            if text and "{" not in text and (text, language) not in out:
+                out.append((text, language))
+    return out
 
 
 # --------------------------------------------------------------------------------------- session

@@ -9,7 +9,9 @@ Callers (the attendant playing an answer into a leg)::
 The voice per language comes from config (:class:`TtsOptions`, by default en → Piper, ko and every
 other language → espeak-ng). Synthesis runs in one worker thread, off the replica's event loop.
 
-``synthesize`` is a ``@serve.batch`` method (knobs in ``user_config``, see :meth:`reconfigure`). Piper
+``synthesize`` is a ``@serve.batch`` method (knobs in ``user_config``, see :meth:`reconfigure`); the
+speech of a text it has said before comes from a per-replica cache (:mod:`ai_serve.tts.cache`,
+``cache_mb``), since a phone system says the same greetings and prompts all day. Piper
 and espeak-ng synthesize one text at a time, so on CPU a batch runs sequentially and batching only
 bounds the queue; a GPU voice with ``device: cuda`` is where one batched forward pass would go.
 """
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ..tts.backends import TtsChunk, TtsConfig, VoiceRouter
+from ..tts.cache import PcmCache
 
 __all__ = ["TtsBatchConfig", "TtsDeployment", "TtsOptions"]
 
@@ -45,6 +48,7 @@ class TtsBatchConfig(BaseModel):
 
     max_batch_size: int = Field(4, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+    cache_mb: float = Field(32.0, ge=0)  # speech of repeated texts (greetings, prompts); 0: off
 
 
 def _check_text(text: str) -> None:
@@ -70,6 +74,7 @@ class TtsDeployment:
         self.options = TtsOptions.model_validate(options or {})
         self.router = VoiceRouter(self.options)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        self.cache = PcmCache(int(TtsBatchConfig().cache_mb * 2**20))
         _LOG.info("TTS replica ready: %s", ", ".join(b.name for b in self.router.backends))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -77,6 +82,7 @@ class TtsDeployment:
         config = TtsBatchConfig.model_validate(user_config or {})
         self._synthesize_batched.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined,misc]
         self._synthesize_batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
+        self.cache.resize(int(config.cache_mb * 2**20))
 
     @property
     def sample_rate(self) -> int:
@@ -85,11 +91,15 @@ class TtsDeployment:
     async def synthesize(self, text: str, language: str | None = None) -> tuple[bytes, int]:
         """The whole text as s16le mono PCM and its sample rate (16 kHz by default)."""
         _check_text(text)
+        cached = self.cache.get(text, language)
+        if cached is not None:
+            return cached
         # Serve's batch wrapper takes one request's arguments; its stubs only know the batch signature.
         result = await self._synthesize_batched(text, language)  # type: ignore[call-arg,misc]
         if isinstance(result, Exception):  # this text's own failure, passed through the batch
             raise result
         pcm, rate = result
+        self.cache.put(text, language, pcm, rate)
         return pcm, rate
 
     def _synthesize_group(self, texts: list[str], languages: list[str | None]) -> list[Any]:

@@ -166,6 +166,14 @@ async def test_tts_deployment_synthesizes_streams_and_isolates_failures(replica_
     assert all(c["sample_rate"] == 16000 and len(c["pcm"]) > 8000 for c in chunks)
     with pytest.raises(ValueError, match="at most"):
         await dep.synthesize("x" * 6000, "en")
+    # the same text again: the cached speech, not a second synthesis
+    synthesized = dep.router.synthesize
+    dep.router.synthesize = None  # a synthesis now would fail
+    assert await dep.synthesize("Your call is important to us.", "en") == en
+    dep.router.synthesize = synthesized
+    assert dep.cache.hits == 1 and len(dep.cache) == 2  # en and ko (the failure is not cached)
+    dep.reconfigure({"cache_mb": 0})
+    assert len(dep.cache) == 0
 
 
 # --------------------------------------------------------------------------------------------- VAD

@@ -23,6 +23,7 @@ from ai_serve.agents.ivr_host import (
     UnconfiguredTools,
     load_tools_leniently,
     open_session,
+    static_greetings,
 )
 from ai_serve.agents.ivr_session import IvrSession
 from ai_serve.agents.multi_agent import MultiAgentSession
@@ -326,3 +327,11 @@ def test_options_resolve_paths_where_the_app_is_built(
     assert resolved.audit_url == f"sqlite:///{tmp_path}/data/tool_audit.sqlite3"
     for url in ("sqlite:////abs/a.db", "sqlite:///:memory:", "postgresql://db/x"):
         assert IvrOptions(audit_url=url).resolved().audit_url == url
+
+
+def test_static_greetings_are_the_shipped_ones_as_sessions_say_them(tmp_path: Path) -> None:
+    shipped = static_greetings(IvrOptions().resolved())
+    assert ("Thank you for calling Skyline Mobile. How can I help you today?", "en") in shipped
+    assert {language for _, language in shipped} == {"en", "ko"}
+    assert len(shipped) == len(set(shipped))  # the flow and the agents greet alike: once each
+    assert static_greetings(IvrOptions(flows_dir=str(tmp_path), agents_file=None)) == []
