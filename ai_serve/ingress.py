@@ -168,7 +168,9 @@ class SttIngress:
 
         agent: AttendantCall | None = None
         if self.agents.wants(start):
-            agent = await self.agents.open(start, send, send_bytes)
+            agent = await self.agents.resume(start, send, send_bytes)
+            if agent is None:
+                agent = await self.agents.open(start, send, send_bytes)
             start = start if agent is None else agent.start
         call = CallStream(
             start,
@@ -196,7 +198,9 @@ class SttIngress:
             self.metrics.active_calls.set(self.active_calls)
             if not ended:
                 await call.cancel()
-            if agent is not None:
+            if agent is not None and not ended:
+                self.agents.detach(agent)  # the edge may resume the call
+            elif agent is not None:
                 await agent.cancel()
             _LOG.info("call %s: %s after %.1f s, %d finals, %d partials, %d gaps", call_id,
                       "ended" if ended else "lost", time.monotonic() - t0, call.sent, call.partials_sent,

@@ -15,9 +15,15 @@ replica) and the count of live attendants. :meth:`AgentRuntime.open` starts an
    framed (16-byte header) in messages of at most ``audio_message_s`` so a ``stop_playback`` drops
    little that is already queued on the edge;
 5. ``end``: :meth:`AttendantCall.finish` asks the actor for its summary, drains the pump and kills
-   the actor; a lost socket (:meth:`AttendantCall.cancel`) kills it at once.
+   the actor.
 
-A reconnection (``resume``) gets a new attendant that does not greet again.
+A socket lost without ``end`` detaches the call (:meth:`AgentRuntime.detach`): the actor lives on for
+``resume_grace_s``, its audio is dropped and its events and actions (summary, transfer, hang-up) are
+kept. When the edge reconnects to this replica with ``resume`` (it does after a network blip, and to
+deliver ``end`` for a call that ended meanwhile), the call is reattached to the new socket: what was
+kept goes out first and the conversation goes on without a new greeting. Past the grace the call ends
+with reason ``connection_lost`` and what could not be delivered is logged. A resume that reaches
+another replica (or comes too late) gets a new attendant that does not greet again.
 
 Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
 way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`), except that the
@@ -59,6 +65,8 @@ _LOG = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 _FINISH_TIMEOUT_S = 10.0
+# Not kept for a resume: they are about speech that was not delivered either
+_SPEECH_CONTROLS = ('{"type":"play"', '{"type":"stop_playback"')
 
 
 class AgentRuntime:
@@ -72,6 +80,7 @@ class AgentRuntime:
         self.active = 0
         self._warm: asyncio.Task[int] | None = None
         self._ivr_warm: asyncio.Task[int] | None = None
+        self.detached: dict[str, AttendantCall] = {}  # socket lost, waiting for a resume
         self._actor_class: Any = None
 
     def actor_class(self) -> Any:
@@ -120,6 +129,20 @@ class AgentRuntime:
             "greeting_cache_hits": self.greetings.hits,
         }
 
+    def detach(self, call: AttendantCall) -> None:
+        """``call``'s socket is gone without ``end``: keep it for a resume (see the module docstring)."""
+        self.detached[call.start.call_id] = call
+        call.detach(self.config.resume_grace_s, lambda: self.detached.pop(call.start.call_id, None))
+
+    async def resume(
+        self, start: StartMessage, send_text: SendText, send_bytes: SendBytes
+    ) -> AttendantCall | None:
+        """The detached call ``start`` resumes, on the new socket; None when there is none here."""
+        call = self.detached.pop(start.call_id, None) if start.resume else None
+        if call is not None:
+            await call.reattach(start, send_text, send_bytes)
+        return call
+
     async def open(
         self, start: StartMessage, send_text: SendText, send_bytes: SendBytes
     ) -> AttendantCall | None:
@@ -160,6 +183,9 @@ class AttendantCall:
         self.first_audio_s: float | None = None  # start message → greeting audio sent
         self._t0 = time.monotonic()
         self._closed = False
+        self._detached = False
+        self._grace: asyncio.Task[None] | None = None
+        self.undelivered: list[str] = []  # events and actions kept while detached
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -213,11 +239,38 @@ class AttendantCall:
             _LOG.warning("call %s: attendant did not finish cleanly: %r", self.start.call_id, exc)
         await self.cancel()
 
+    def detach(self, grace_s: float, forget: Callable[[], object]) -> None:
+        """The socket is gone: keep the actor ``grace_s`` for a resume, then end (``forget`` first)."""
+        self._detached = True
+        self._grace = asyncio.create_task(self._expire(grace_s, forget), name=f"grace-{self.start.call_id}")
+
+    async def _expire(self, grace_s: float, forget: Callable[[], object]) -> None:
+        await asyncio.sleep(grace_s)
+        forget()
+        await self.finish("connection_lost")
+        for text in self.undelivered:
+            _LOG.warning("call %s: not delivered (no resume): %s", self.start.call_id, text[:4000])
+
+    async def reattach(self, start: StartMessage, send_text: SendText, send_bytes: SendBytes) -> None:
+        """The edge resumed the call on a new socket: what was kept goes out, then the rest."""
+        if self._grace is not None:
+            self._grace.cancel()
+        self.start = start if self.ivr else start.model_copy(update={"language": self.language})
+        self._send_text, self._send_bytes = send_text, send_bytes
+        self._caller_utterances = 0  # the new socket's stream counts its utterances from zero
+        kept, self.undelivered = self.undelivered, []
+        self._detached = False
+        for text in kept:
+            await self._deliver("json", text)
+        _LOG.info("call %s: resumed with its attendant (%d kept messages sent)", start.call_id, len(kept))
+
     async def cancel(self) -> None:
-        """The socket is gone (or the call ended): stop the pump, kill the actor."""
+        """The call ended (or could not start): stop the pump, kill the actor."""
         if self._closed:
             return
         self._closed = True
+        if self._grace is not None and self._grace is not asyncio.current_task():
+            self._grace.cancel()
         if self._actor is not None:
             self.runtime.active -= 1
         if self._pump is not None:
@@ -283,15 +336,24 @@ class AttendantCall:
         try:
             async for ref in outputs:
                 item: WireItem = await ref
-                kind, payload = item
-                if kind == "json":
-                    await self._send_text(payload)
-                else:
-                    await self._send_audio(payload)
+                await self._deliver(*item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the actor died: transcription goes on without the attendant
             _LOG.warning("call %s: attendant output stream failed: %r", self.start.call_id, exc)
+
+    async def _deliver(self, kind: str, payload: Any) -> None:
+        """Send one item; while detached (or when the socket fails) keep what is not speech."""
+        try:
+            if self._detached:
+                raise ConnectionError("detached")
+            if kind == "json":
+                await self._send_text(payload)
+            else:
+                await self._send_audio(payload)
+        except Exception:
+            if kind == "json" and not payload.startswith(_SPEECH_CONTROLS) and len(self.undelivered) < 200:
+                self.undelivered.append(payload)
 
     async def _send_audio(self, pcm: bytes) -> None:
         """PCM for the caller leg in messages of at most ``audio_message_s``."""

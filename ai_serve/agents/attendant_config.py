@@ -182,6 +182,9 @@ class AttendantConfig(_Options):
     # Runtime: one Ray actor per call; audio to the edge in messages of at most this many seconds.
     actor_num_cpus: float = Field(0.0, ge=0)
     audio_message_s: float = Field(1.0, gt=0, le=60)
+    # A socket lost without ``end``: the call's actor waits this long for the edge to resume it
+    # (then the conversation goes on, and what it said meanwhile is delivered) before it ends.
+    resume_grace_s: float = Field(30.0, ge=0)
     warm_greetings: bool = True  # synthesize the listed extensions' greetings before the first call
 
     @field_validator("extensions")

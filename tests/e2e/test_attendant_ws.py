@@ -282,3 +282,40 @@ async def test_the_callee_coming_back_is_offered_the_caller_and_a_failed_transfe
     assert summary.data["transfers"] == [
         {"target": "201", "reason": "callee_available", "ok": False, "error": "486 Busy Here"}
     ]
+
+
+async def test_a_lost_socket_is_resumed_by_the_same_attendant_and_the_summary_arrives(
+    clinic_roles: ServeApp,
+) -> None:
+    """The edge's socket drops after the greeting (no ``end``); it reconnects with ``resume`` and
+    then ends the call: the same conversation (its transcript starts with the greeting) sends its
+    summary on the new socket, and no second greeting is played."""
+    import aiohttp
+
+    start = StartMessage(
+        call_id="attendant-ws-3", a_call_id="a-3", caller="1001", callee="201", language="en",
+        mode="attendant", trigger="no_answer",
+    )  # fmt: skip
+    url = f"{clinic_roles.ws_url}/v1/calls/{start.call_id}/stream"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, max_msg_size=0) as ws:  # 1. greeted, then the socket drops
+            first = Edge(time.monotonic())
+            await ws.send_str(start.to_json())
+            reader = asyncio.create_task(_read(ws, first))
+            await first.wait_for(lambda m: isinstance(m, AudioFrame), 60)
+            await ws.close()
+            await asyncio.wait_for(reader, 10)
+        await asyncio.sleep(0.5)
+        resumed = start.model_copy(update={"resume": True})
+        async with http.ws_connect(url, max_msg_size=0) as ws:  # 2. resumed, then ended
+            second = Edge(time.monotonic())
+            await ws.send_str(resumed.to_json())
+            reader = asyncio.create_task(_read(ws, second))
+            await asyncio.sleep(1.0)
+            await ws.send_str(EndMessage(reason="hangup").to_json())
+            await asyncio.wait_for(reader, 30)
+    assert second.closed == 1000
+    assert not second.of(PlayAction)  # not greeted again
+    ((_, summary),) = second.of(AgentEvent)
+    assert summary.name == "attendant.summary" and summary.data["reason"] == "caller_hangup"
+    assert summary.data["transcript"][0] == {**summary.data["transcript"][0], "role": "ai", "text": GREETING}
