@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,30 @@ class CallerLeg:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+@contextlib.asynccontextmanager
+async def live_call(app: ServeApp, start: StartMessage) -> AsyncIterator[tuple[Any, Edge, CallerLeg]]:
+    """One call on the live app, this test playing the edge: the start sent, the AI's messages read
+    into an :class:`Edge`, the caller's media sent in real time; ``end`` sent on the way out."""
+    import aiohttp
+
+    url = f"{app.ws_url}/v1/calls/{start.call_id}/stream"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        edge = Edge(time.monotonic())
+        await ws.send_str(start.to_json())
+        reader = asyncio.create_task(_read(ws, edge))
+        caller = CallerLeg(ws)
+        sender = asyncio.create_task(caller.run())
+        try:
+            yield ws, edge, caller
+            await ws.send_str(EndMessage(reason="hangup").to_json())
+            await asyncio.wait_for(reader, 30)
+        finally:
+            sender.cancel()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(sender, reader)
+
+
 async def _greetings_cached(app: ServeApp, timeout: float = 180.0) -> float:
     """Poll the ingress's /healthz (which starts the warm-up) until the greeting is cached."""
     import aiohttp
@@ -191,22 +216,8 @@ async def test_the_attendant_answers_from_the_knowledge_base_over_the_websocket(
         call_id="attendant-ws-1", a_call_id="a-1", caller="1001", callee="201", language="en",
         mode="attendant", trigger="no_answer",
     )  # fmt: skip
-    url = f"{app.ws_url}/v1/calls/{start.call_id}/stream"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        edge = Edge(time.monotonic())
-        await ws.send_str(start.to_json())
-        reader = asyncio.create_task(_read(ws, edge))
-        caller = CallerLeg(ws)
-        sender = asyncio.create_task(caller.run())
-        try:
-            heard = await _converse(ws, edge, caller, start.call_id)
-            await ws.send_str(EndMessage(reason="hangup").to_json())  # 4. the edge ends the call
-            await asyncio.wait_for(reader, 30)
-        finally:
-            sender.cancel()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(sender, reader)
+    async with live_call(app, start) as (ws, edge, caller):
+        heard = await _converse(ws, edge, caller, start.call_id)  # 4. then the edge ends the call
     figure(f"attendant: greeting audio {1000 * heard.first_audio_s:.0f} ms after the start message "
            f"(cache warmed in {warm_s:.1f} s); answer played {heard.answer_after_s:.1f} s after the question "
            f"began; stop_playback {heard.stop_after_s:.2f} s after the caller talked over it")  # fmt: skip
@@ -242,40 +253,24 @@ async def test_the_callee_coming_back_is_offered_the_caller_and_a_failed_transfe
 ) -> None:
     """The edge's ``callee_available``: the attendant announces it and asks for a transfer to 201;
     the edge says the transfer failed (486): the attendant apologises and takes a message."""
-    import aiohttp
 
     start = StartMessage(
         call_id="attendant-ws-2", a_call_id="a-2", caller="1001", callee="201", language="en",
         mode="attendant", trigger="unregistered",
     )  # fmt: skip
-    url = f"{clinic_roles.ws_url}/v1/calls/{start.call_id}/stream"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        edge = Edge(time.monotonic())
-        await ws.send_str(start.to_json())
-        reader = asyncio.create_task(_read(ws, edge))
-        sender = asyncio.create_task(CallerLeg(ws).run())
-        try:
-            await edge.wait_for(lambda m: isinstance(m, AudioFrame), 60)  # the greeting
-            await ws.send_str(CalleeAvailableMessage(extension="201", reason="registered").to_json())
-            _, news = await edge.wait_for(
-                lambda m: isinstance(m, PlayAction) and "Good news" in (m.text or ""), 60
-            )
-            assert news.text == "Good news: Doctor Kim is available now. One moment, I will connect you."
-            _, transfer = await edge.wait_for(lambda m: isinstance(m, TransferAction), 60)
-            assert transfer == TransferAction(leg="caller", target="201")
-            assert not edge.of(AgentEvent)  # the summary waits for the edge's word on the transfer
-            await ws.send_str(TransferFailedMessage(target="201", reason="486 Busy Here").to_json())
-            _, sorry = await edge.wait_for(
-                lambda m: isinstance(m, PlayAction) and "sorry" in (m.text or ""), 60
-            )
-            assert sorry.text.endswith("May I have your name, please?")
-            await ws.send_str(EndMessage(reason="hangup").to_json())
-            await asyncio.wait_for(reader, 30)
-        finally:
-            sender.cancel()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(sender, reader)
+    async with live_call(clinic_roles, start) as (ws, edge, _):
+        await edge.wait_for(lambda m: isinstance(m, AudioFrame), 60)  # the greeting
+        await ws.send_str(CalleeAvailableMessage(extension="201", reason="registered").to_json())
+        _, news = await edge.wait_for(
+            lambda m: isinstance(m, PlayAction) and "Good news" in (m.text or ""), 60
+        )
+        assert news.text == "Good news: Doctor Kim is available now. One moment, I will connect you."
+        _, transfer = await edge.wait_for(lambda m: isinstance(m, TransferAction), 60)
+        assert transfer == TransferAction(leg="caller", target="201")
+        assert not edge.of(AgentEvent)  # the summary waits for the edge's word on the transfer
+        await ws.send_str(TransferFailedMessage(target="201", reason="486 Busy Here").to_json())
+        _, sorry = await edge.wait_for(lambda m: isinstance(m, PlayAction) and "sorry" in (m.text or ""), 60)
+        assert sorry.text.endswith("May I have your name, please?")
     assert edge.closed == 1000
     ((_, summary),) = edge.of(AgentEvent)
     assert summary.name == "attendant.summary" and summary.data["trigger"] == "unregistered"

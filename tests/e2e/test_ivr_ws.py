@@ -19,11 +19,10 @@ app (TTS, retriever...) is deployed. One call in mode ``ivr`` to 1200:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,13 +34,12 @@ from pbx_edge.ai_link.protocol import (
     AgentEvent,
     AudioFrame,
     DtmfMessage,
-    EndMessage,
     PlayAction,
     StartMessage,
     TranscriptEvent,
 )
 from tests.e2e.clinic import build_knowledge_base
-from tests.e2e.test_attendant_ws import CallerLeg, Edge, _read
+from tests.e2e.test_attendant_ws import Edge, live_call
 from tests.serve_cluster import HOST, IVR_BILLING_TOKEN, ServeApp, figure, roles_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -101,28 +99,6 @@ def _intent(source: str) -> Any:
     return lambda m: isinstance(m, AgentEvent) and m.name == "ivr.intent" and m.data["source"] == source
 
 
-@contextlib.asynccontextmanager
-async def _call(app: ServeApp, start: StartMessage) -> AsyncIterator[tuple[Any, Edge, CallerLeg]]:
-    import aiohttp
-
-    url = f"{app.ws_url}/v1/calls/{start.call_id}/stream"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        edge = Edge(time.monotonic())
-        await ws.send_str(start.to_json())
-        reader = asyncio.create_task(_read(ws, edge))
-        caller = CallerLeg(ws)
-        sender = asyncio.create_task(caller.run())
-        try:
-            yield ws, edge, caller
-            await ws.send_str(EndMessage(reason="hangup").to_json())
-            await asyncio.wait_for(reader, 30)
-        finally:
-            sender.cancel()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(sender, reader)
-
-
 async def _played(edge: Edge, play_at: float) -> float:
     """Seconds of caller-leg PCM after ``play_at`` once it stops growing."""
     size = -1
@@ -136,7 +112,7 @@ async def test_the_ivr_checks_the_bill_by_speech_and_by_keypad(ivr_roles: ServeA
     app = ivr_roles
     start = StartMessage(call_id="ivr-ws-1", a_call_id="a-ivr-1", caller=CALLER, callee="1200", language="en",
                          mode="ivr")  # fmt: skip
-    async with Billing(app.billing_port) as billing, _call(app, start) as (ws, edge, caller):
+    async with Billing(app.billing_port) as billing, live_call(app, start) as (ws, edge, caller):
         # 1. the flow's greeting
         t_greet, greeting = await edge.wait_for(lambda m: isinstance(m, PlayAction), 120)
         assert greeting.text.startswith("Thank you for calling Skyline Mobile")

@@ -41,16 +41,6 @@ def handoffs(outputs: list[Output]) -> list[dict[str, Any]]:
     return events(outputs, "agent.handoff")
 
 
-@pytest.fixture(scope="module")
-def config() -> AgentsConfig:
-    return load_agents(AGENTS)
-
-
-@pytest.fixture(scope="module")
-def router(config: AgentsConfig, e5: BaseTextEmbedder) -> AgentRouter:
-    return AgentRouter.from_embedder(config, e5)
-
-
 def make(
     config: AgentsConfig,
     router: AgentRouter,

