@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ai_serve.agents.attendant_config import Language
 from ai_serve.agents.conversation import Conversation, Output, Say
+from ai_serve.agents.sample_systems import SampleSystems
 from ai_serve.embeddings import BaseTextEmbedder
 from pbx_edge.ai_link.protocol import AgentEvent, TransferAction
 
@@ -153,43 +154,8 @@ class LocalServer:
             await self._runner.cleanup()
 
 
-class BusinessSystem(LocalServer):
-    """Billing and CRM over HTTP, checking credentials; records what it was asked."""
+class BusinessSystem(SampleSystems):
+    """The sample billing/CRM/orders server with the credentials :func:`environ` gives the tools."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.balance_phones: list[str] = []
-        self.plan_changes: list[tuple[str, Any]] = []
-        self.tickets: list[Any] = []
-
-    def routes(self, router: web.UrlDispatcher) -> None:
-        router.add_get("/accounts/{phone}/balance", self._balance)
-        router.add_post("/accounts/{phone}/plan", self._plan)
-        router.add_post("/api/v2/tickets", self._ticket)
-
-    async def _balance(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"error": "unauthorized"}, status=401)
-        self.balance_phones.append(request.match_info["phone"])
-        body = {
-            "balance": 39000,
-            "currency": "KRW",
-            "due_date": "2026-12-10",
-            "last_payment": {"amount": 41000},
-        }
-        return web.json_response(body)
-
-    async def _plan(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"error": "unauthorized"}, status=401)
-        body = await request.json()
-        self.plan_changes.append((request.match_info["phone"], body))
-        return web.json_response(
-            {"effective_date": body.get("start_date") or "2026-12-01", "plan": body["plan"]}
-        )
-
-    async def _ticket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("X-Api-Key") != CRM_KEY:
-            return web.Response(status=403)
-        self.tickets.append(await request.json())
-        return web.json_response({"id": f"T-{1000 + len(self.tickets)}", "status": "open"}, status=201)
+        super().__init__(billing_token=TOKEN, crm_key=CRM_KEY)
