@@ -26,11 +26,11 @@ with reason ``connection_lost`` and what could not be delivered is logged. A res
 another replica (or comes too late) gets a new attendant that does not greet again.
 
 Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
-way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`), except that the
-greeting is synthesized by the session (it is the flow's, and the flow may change; greetings without
-per-call placeholders are said once at warm-up, so the TTS role's cache has them) and the call keeps
-the language of its ``start`` (the flow chooses, ``auto`` included). The edge's ``dtmf``
-controls go to the actor (:meth:`AttendantCall.dtmf`); the attendant ignores them.
+way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`); the flow's
+greeting comes from the same cache when it has no per-call placeholder (the flow as it is now: an
+edited greeting is a new text), else the session synthesizes it; and the call keeps the language
+of its ``start`` (the flow chooses, ``auto`` included). The edge's ``dtmf`` controls go to the actor
+(:meth:`AttendantCall.dtmf`); the attendant ignores them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from pbx_edge.ai_link.protocol import (
 from .agents.attendant_actor import AttendantActor, RoleClients, WireItem
 from .agents.attendant_config import AttendantConfig
 from .agents.greetings import GreetingCache, configured_greetings
-from .agents.ivr_host import IvrOptions, static_greetings
+from .agents.ivr_host import IvrOptions, greeting_for, static_greetings
 from .ingress_call import CallStream
 
 __all__ = ["AgentRuntime", "AttendantCall"]
@@ -65,6 +65,7 @@ _LOG = logging.getLogger(__name__)
 SendText = Callable[[str], Awaitable[None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 _FINISH_TIMEOUT_S = 10.0
+IVR_GREETINGS = "ivr"  # the greeting cache's key for flow and agents greetings (texts tell them apart)
 # Not kept for a resume: they are about speech that was not delivered either
 _SPEECH_CONTROLS = ('{"type":"play"', '{"type":"stop_playback"')
 
@@ -97,11 +98,13 @@ class AgentRuntime:
         return start.mode == "attendant" and self.config.enabled
 
     def ensure_warm(self) -> None:
-        """Synthesize the configured greetings in the background; again later while some failed
-        (the roles app may come up after this replica). IVR greetings are said once through the TTS
-        role, whose cache then has them for the first callers."""
-        if self.ivr.enabled and self.config.warm_greetings and self._ivr_warm is None:
-            self._ivr_warm = asyncio.create_task(self._warm_ivr(), name="ivr-greetings")
+        """Synthesize the configured greetings in the background (the attendant's per extension, the
+        IVR flows' and agents' without per-call values); again later while some failed (the roles app
+        may come up after this replica)."""
+        if self.ivr.enabled and self.config.warm_greetings:
+            ivr = self._ivr_warm
+            if ivr is None or (ivr.done() and not ivr.cancelled() and ivr.result() == 0):
+                self._ivr_warm = asyncio.create_task(self._warm_ivr(), name="ivr-greetings")
         if not (self.config.warm_greetings and self.config.extensions):
             return
         items = configured_greetings(self.config)
@@ -110,16 +113,9 @@ class AgentRuntime:
         self._warm = asyncio.create_task(self.greetings.warm(items), name="attendant-greetings")
 
     async def _warm_ivr(self) -> int:
-        """Synthesize the IVR and multi-agent greetings that have no per-call placeholder."""
-        said = 0
-        for text, language in await asyncio.to_thread(static_greetings, self.ivr):
-            try:
-                await self.roles.synthesize(text, language)
-                said += 1
-            except Exception as exc:  # the roles app may not be up yet: the first call synthesizes
-                _LOG.info("IVR greeting not warmed (%r); later calls synthesize it", exc)
-                break
-        return said
+        """Cache the IVR and multi-agent greetings that have no per-call placeholder."""
+        items = await asyncio.to_thread(static_greetings, self.ivr)
+        return await self.greetings.warm((IVR_GREETINGS, language, text) for text, language in items)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -206,14 +202,18 @@ class AttendantCall:
         )
         if self.start.resume:
             return  # a reconnection: the caller was greeted already
+        key, language, text = self.extension_key, self.language, self.greeting_text
         if self.ivr:
-            self._actor.greet.remote()  # the flow's greeting, synthesized by the session
-            return
+            static = await asyncio.to_thread(greeting_for, self.runtime.ivr, self.start)
+            if static is None:  # a greeting with per-call values: the session says it
+                self._actor.greet.remote()
+                return
+            key, (text, language) = IVR_GREETINGS, static
         try:
-            greeting = await self.runtime.greetings.get(self.extension_key, self.language, self.greeting_text)
+            greeting = await self.runtime.greetings.get(key, language, text)
         except Exception as exc:
             _LOG.warning(
-                "call %s: no cached greeting (%r); the attendant synthesizes it", self.start.call_id, exc
+                "call %s: no cached greeting (%r); the session synthesizes it", self.start.call_id, exc
             )
             self._actor.greet.remote()
             return

@@ -60,6 +60,7 @@ __all__ = [
     "HostedSession",
     "IvrOptions",
     "UnconfiguredTools",
+    "greeting_for",
     "load_tools_leniently",
     "open_session",
     "static_greetings",
@@ -197,8 +198,8 @@ def _classifier(flow: IvrFlow, embedder: str) -> IntentClassifier:
     return cached
 
 
-def _agents_for(path: str | None, number: str, embedder: str) -> tuple[AgentsConfig, AgentRouter] | None:
-    """The agents config serving ``number`` and its router; None when it does not serve it."""
+def _agents_config_for(path: str | None, number: str) -> AgentsConfig | None:
+    """The agents config serving ``number`` (re-read when the file changed); None when it does not."""
     if path is None or not os.path.isfile(path):
         return None
     st = os.stat(path)
@@ -211,9 +212,16 @@ def _agents_for(path: str | None, number: str, embedder: str) -> tuple[AgentsCon
             _LOG.error("agents file %s rejected: %s", path, exc)
             return None
         cached = _AGENTS[path] = (stamp, config, None)
-    stamp, config, router = cached
-    if number not in config.numbers:
+    config = cached[1]
+    return config if number in config.numbers else None
+
+
+def _agents_for(path: str | None, number: str, embedder: str) -> tuple[AgentsConfig, AgentRouter] | None:
+    """The agents config serving ``number`` and its router; None when it does not serve it."""
+    config = _agents_config_for(path, number)
+    if config is None or path is None:
         return None
+    stamp, config, router = _AGENTS[path]
     if router is None:
         router = AgentRouter.from_embedder(config, _embedder(embedder))
         _AGENTS[path] = (stamp, config, router)
@@ -234,10 +242,31 @@ def static_greetings(options: IvrOptions) -> list[tuple[str, Language]]:
     out: list[tuple[str, Language]] = []
     for config in configs:
         for language in config.languages:
-            text = " ".join(config.text(config.greeting, language).split())
-            if text and "{" not in text and (text, language) not in out:
+            text = _static_greeting(config, language)
+            if text is not None and (text, language) not in out:
                 out.append((text, language))
     return out
+
+
+def _static_greeting(config: IvrFlow | AgentsConfig, language: Language) -> str | None:
+    """The greeting as the session says it (spaces tidied); None when it has a per-call placeholder."""
+    text = " ".join(config.text(config.greeting, language).split())
+    return text if text and "{" not in text else None
+
+
+def greeting_for(options: IvrOptions, start: StartMessage) -> tuple[str, Language] | None:
+    """The greeting the session for ``start`` will say and its language, when it has no per-call
+    placeholder (the ingress then plays it from its cache); None otherwise or when nothing serves it."""
+    number = extension_key(start.callee)
+    flow = _flow_for(options.flows_dir, number)
+    agents = None if flow is not None else _agents_config_for(options.agents_file, number)
+    config = flow if flow is not None else agents
+    if config is None:
+        return None
+    languages = config.languages
+    language: Language = start.language if start.language in languages else languages[0]
+    text = _static_greeting(config, language)
+    return None if text is None else (text, language)
 
 
 # --------------------------------------------------------------------------------------- session

@@ -396,3 +396,16 @@ def test_cpu_deployments_fit_the_cpu_group_and_not_the_head() -> None:
             assert 0 < options["num_cpus"] <= cpus_per_pod, name
             total += options["num_cpus"] * _max_replicas(deployment)
     assert total <= cpus_per_pod * cpu_group["maxReplicas"], f"{total} CPUs needed at max scale"
+
+
+def test_the_local_config_fits_a_two_core_machine() -> None:
+    """``scripts/run.sh`` serves ray_config.yaml on the local cluster of this 2-core class of machine:
+    every replica's CPU request must fit at once, or the last one never starts (2.05 CPUs once left
+    RolesGateway unscheduled). Replicas at their minimum count; per-call actors ask for no CPU."""
+    total = 0.0
+    for app in _apps(_ray_config()).values():
+        for deployment in _deployments(app).values():
+            scaling = deployment.get("autoscaling_config")
+            replicas = scaling.get("min_replicas", 1) if scaling else deployment.get("num_replicas", 1)
+            total += replicas * float(deployment.get("ray_actor_options", {}).get("num_cpus", 1))
+    assert total <= 2.0, f"the local apps ask for {total:.2f} CPUs"

@@ -21,6 +21,7 @@ from ai_serve.agents.ivr_host import (
     HostedSession,
     IvrOptions,
     UnconfiguredTools,
+    greeting_for,
     load_tools_leniently,
     open_session,
     static_greetings,
@@ -335,3 +336,21 @@ def test_static_greetings_are_the_shipped_ones_as_sessions_say_them(tmp_path: Pa
     assert {language for _, language in shipped} == {"en", "ko"}
     assert len(shipped) == len(set(shipped))  # the flow and the agents greet alike: once each
     assert static_greetings(IvrOptions(flows_dir=str(tmp_path), agents_file=None)) == []
+
+
+def test_the_greeting_the_ingress_may_play_from_its_cache(tmp_path: Path) -> None:
+    options = IvrOptions().resolved()
+    en = greeting_for(options, start("1200"))
+    assert en == ("Thank you for calling Skyline Mobile. How can I help you today?", "en")
+    ko = greeting_for(options, start("1200").model_copy(update={"language": "ko"}))
+    assert ko is not None and ko[1] == "ko" and ko[0].startswith("스카이라인")
+    assert greeting_for(options, start("1300")) is not None  # the agents config's
+    assert greeting_for(options, start("9999")) is None  # nothing serves it
+    flows = tmp_path / "ivr"
+    flows.mkdir()
+    text = (ROOT / "config" / "ivr" / "example.yaml").read_text(encoding="utf-8")
+    personal = text.replace(
+        "  en: Thank you for calling Skyline Mobile.", "  en: Hello {caller}, thank you for calling."
+    )
+    (flows / "example.yaml").write_text(personal, encoding="utf-8")
+    assert greeting_for(IvrOptions(flows_dir=str(flows), agents_file=None), start("1200")) is None
