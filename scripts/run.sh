@@ -19,6 +19,8 @@ stop_ai() {
     if [ -n "$SERVE_PID" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
         printf '==> stopping the AI layer\n'
         kill -INT "$SERVE_PID" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
+        kill -TERM "$SERVE_PID" 2>/dev/null || true  # Serve's graceful shutdown took too long
         wait "$SERVE_PID" 2>/dev/null || true
     fi
     if [ -n "$SYSTEMS_PID" ]; then
