@@ -63,6 +63,9 @@ class RolesArgs(BaseModel):
     # knowledge_base.path relative to where the app is built (the repo root for the run command)
     retriever: RetrieverOptions = Field(default_factory=RetrieverOptions)
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per role replica (the config may override)")
+    # deployment name -> its user_config, as ``deployments[].user_config`` of a Serve config file
+    # (for code that builds the app itself, e.g. a benchmark turning the TTS cache off)
+    user_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class EmbeddingsRequest(BaseModel):
@@ -212,8 +215,13 @@ def build_roles_app(args: dict[str, Any] | None = None) -> Application:
             update={"retriever": config.retriever.model_copy(update={"knowledge_base": absolute})}
         )
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": config.num_cpus}}
+    unknown = set(config.user_configs) - {d.name for d in _ROLE_DEPLOYMENTS}
+    if unknown:
+        raise ValueError(f"user_configs: no role deployment named {sorted(unknown)}")
     roles = [
-        cast(Deployment, deployment).options(**options).bind(role.model_dump())
+        cast(Deployment, deployment)
+        .options(**options, **_user_config(config.user_configs.get(cast(Deployment, deployment).name)))
+        .bind(role.model_dump())
         for deployment, role in (
             (EmbeddingDeployment, config.embeddings),
             (LlmDeployment, config.llm),
@@ -223,3 +231,13 @@ def build_roles_app(args: dict[str, Any] | None = None) -> Application:
         )
     ]
     return cast(Deployment, RolesGateway).bind(*roles)
+
+
+_ROLE_DEPLOYMENTS: tuple[Deployment, ...] = tuple(
+    cast(Deployment, d)
+    for d in (EmbeddingDeployment, LlmDeployment, TtsDeployment, VadDeployment, RetrieverDeployment)
+)
+
+
+def _user_config(override: dict[str, Any] | None) -> dict[str, Any]:
+    return {} if override is None else {"user_config": override}

@@ -65,11 +65,12 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
 class LocalApps:
     """A local Ray cluster with the app and the roles app over a knowledge base in ``kb_dir``."""
 
-    def __init__(self, num_cpus: int | None, kb_dir: Path) -> None:
+    def __init__(self, num_cpus: int | None, kb_dir: Path, tts_cache_mb: float = 0.0) -> None:
         import ray
         from ray import serve
 
         from ai_serve.app import build_app
+        from ai_serve.deployments.tts import TtsBatchConfig
         from ai_serve.roles_app import build_roles_app
         from tests.serve_cluster import ATTENDANT_ARGS
 
@@ -81,7 +82,12 @@ class LocalApps:
             build_app({"stt_num_cpus": 1, "attendant": ATTENDANT_ARGS}), name=APP_NAME, route_prefix="/"
         )
         build_knowledge_base(kb_dir / "qdrant")
-        roles = {"num_cpus": 0.05, "retriever": {"knowledge_base": {"path": str(kb_dir / "qdrant")}}}
+        roles = {
+            "num_cpus": 0.05,
+            "retriever": {"knowledge_base": {"path": str(kb_dir / "qdrant")}},
+            # every call asks the same question: a cached answer would not measure its synthesis
+            "user_configs": {"TtsDeployment": {**TtsBatchConfig().model_dump(), "cache_mb": tts_cache_mb}},
+        }
         serve.run(build_roles_app(roles), name=ROLES_NAME, route_prefix="/roles")
         self.ready_s = time.perf_counter() - t0
 
@@ -176,6 +182,10 @@ def main() -> None:
         "--timeout", type=float, default=120.0, help="longest wait for each step of a call (s)"
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
+    parser.add_argument(
+        "--tts-cache-mb", type=float, default=0.0,
+        help="the TTS role's speech cache (default 0: off, since every call asks the same question)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import ray
@@ -183,9 +193,10 @@ def main() -> None:
     print_machine()
     print(f"  ray     : {ray.__version__}")
     print(f"{args.calls} calls, {args.concurrency} at a time, trigger {args.trigger}, PCMU, loopback; "
-          "edge in this process, Serve apps on a local Ray cluster")  # fmt: skip
+          f"edge in this process, Serve apps on a local Ray cluster; TTS cache {args.tts_cache_mb:g} MB"
+          )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-attendant-") as tmp:
-        apps = LocalApps(args.num_cpus, Path(tmp))
+        apps = LocalApps(args.num_cpus, Path(tmp), args.tts_cache_mb)
         try:
             warm = asyncio.run(apps.greetings_cached())
             print(f"apps ready in {apps.ready_s:.1f} s, greeting cached {warm:.1f} s later")

@@ -21,6 +21,18 @@ pytestmark = pytest.mark.timeout(300)
 ROLES_APP = "smartpbx-roles"
 
 
+def test_user_configs_reach_their_deployment_and_unknown_names_fail() -> None:
+    from ai_serve.deployments.embeddings import EmbeddingDeployment
+    from ai_serve.roles_app import build_roles_app
+
+    app = build_roles_app({"user_configs": {"TtsDeployment": {"cache_mb": 0}}})
+    bound = {a._bound_deployment.name: a._bound_deployment for a in app._bound_deployment.init_args}
+    assert bound["TtsDeployment"].user_config == {"cache_mb": 0}
+    assert bound["EmbeddingDeployment"].user_config == EmbeddingDeployment.user_config  # its own default
+    with pytest.raises(ValueError, match="no role deployment named \\['Tts'\\]"):
+        build_roles_app({"user_configs": {"Tts": {}}})
+
+
 def test_response_format_maps_to_a_schema() -> None:
     pytest.importorskip("ray.serve")
     from fastapi import HTTPException
