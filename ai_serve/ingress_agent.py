@@ -168,8 +168,7 @@ class AttendantCall:
         self.extension_key = key
         self.language = self.config.language_for(start.language, extension)
         self.greeting_text = self.config.greeting_text(extension, self.language)
-        # the STT hears an attendant call in the attendant's language (not "auto"); an IVR call as started
-        self.start = start if self.ivr else start.model_copy(update={"language": self.language})
+        self.start = self._as_heard(start)
         self._send_text, self._send_bytes = send_text, send_bytes
         self._actor: Any = None
         self._pump: asyncio.Task[None] | None = None
@@ -182,6 +181,11 @@ class AttendantCall:
         self._detached = False
         self._grace: asyncio.Task[None] | None = None
         self.undelivered: list[str] = []  # events and actions kept while detached
+
+    def _as_heard(self, start: StartMessage) -> StartMessage:
+        """The STT hears an attendant call in the attendant's language (not "auto"); an IVR call as
+        started."""
+        return start if self.ivr else start.model_copy(update={"language": self.language})
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -255,7 +259,7 @@ class AttendantCall:
         """The edge resumed the call on a new socket: what was kept goes out, then the rest."""
         if self._grace is not None:
             self._grace.cancel()
-        self.start = start if self.ivr else start.model_copy(update={"language": self.language})
+        self.start = self._as_heard(start)
         self._send_text, self._send_bytes = send_text, send_bytes
         self._caller_utterances = 0  # the new socket's stream counts its utterances from zero
         kept, self.undelivered = self.undelivered, []

@@ -130,8 +130,8 @@ class AiBridge:
         elif event.name == "call.transferred":
             self._transferred(call_id)
         elif event.name == "call.transfer_failed":
-            target = self.transferring.pop(call_id, None)
-            self._transfer_failed(call_id, target or str(event.data.get("target")), event.data.get("reason"))
+            target = self.transferring.pop(call_id, None) or str(event.data.get("target") or "?")
+            self._transfer_failed(call_id, target, event.data.get("reason"))
         elif event.name == "call.callee_available":
             self._callee_available(call_id, event.callee or "")
         elif event.name == "call.ended":

@@ -61,10 +61,20 @@ class AvailabilityFlows(TransferFlows):
         self.callee_available(extension, "away")
 
     def on_call_over(self, call: Call) -> None:
-        """A call ended: its parties that no other call holds are no longer busy."""
+        """A call ended: those of its parties that an attended call waits for, and that no other call
+        holds, are no longer busy. (Runs at every call's end: the common case, nobody waiting, costs
+        one look at the attended calls.)"""
         if call.id in self.attended or call.answered_at is None:
             return  # the AI's own call, or one that never rang through to a conversation
+        waited_for = {
+            waiting.callee
+            for call_id, attended in self.attended.items()
+            if attended.trigger == "busy" and (waiting := self.calls.get(call_id)) is not None
+        }
+        parties = {call.caller, call.callee} & waited_for
+        if not parties:
+            return
         talking = [c for c in self.calls.values() if c.id not in self.attended]
         busy = {c.callee for c in talking} | {c.caller for c in talking}
-        for party in {call.caller, call.callee} - busy:
+        for party in parties - busy:
             self.callee_available(party, "busy")
