@@ -12,10 +12,12 @@ Metrics (:mod:`ai_serve.metrics`): decode time by kind, audio seconds decoded (t
 real-time factor), decodes by outcome, and the queue depth (requests accepted, not answered yet);
 :meth:`SttDeployment.stats` returns the same figures for this replica (used by ``bench/stt_latency.py``).
 
-On CPU a batch gains nothing: faster-whisper decodes one utterance at a time, so the batch runs
-sequentially in one worker thread (off the replica's event loop) and batching only bounds how many
-decodes are queued together. On a GPU (``device: cuda``, fractional ``num_gpus`` in the config) the
-same entry point is where a batched backend would decode the whole group in one forward pass.
+A batch's finals (then its partials) go to the backend together (``transcribe_many``): faster-whisper
+with the fitted context encodes them in one pass and decodes them in one ``generate``
+(:func:`ai_serve.stt.short_context.decode_fitted_batch`), which on a GPU is the point of batching and on
+this CPU still raises throughput (``bench/stt_context.py --batch``); the batch runs in one worker
+thread, off the replica's event loop. The decode time of a batch is shared among its utterances in
+the metrics.
 
 The backend comes from :class:`SttOptions`: ``backend: faster-whisper`` (the default, CPU or GPU) or
 ``backend: nemo`` with ``model_path`` a local ``.nemo`` (FastConformer/Parakeet, normally ``device:
@@ -127,7 +129,7 @@ class SttDeployment:
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         opts = SttOptions.model_validate(options or {})
         self.backend = opts.build_backend()
-        # One thread: the model decodes one utterance at a time (num_workers=1).
+        # One thread: the model runs one batch at a time (num_workers=1).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
         self.metrics = SttMetrics()
         self.queue_depth = 0
@@ -151,26 +153,35 @@ class SttDeployment:
         self, pcms: list[bytes], languages: list[str | None], kinds: list[str]
     ) -> list[list[dict[str, Any]]]:
         out: list[list[dict[str, Any]]] = [[] for _ in pcms]
-        # Finals first: a partial must not delay a final of the same batch.
-        for index in sorted(range(len(pcms)), key=lambda i: kinds[i] != "final"):
-            pcm, kind = pcms[index], "partial" if kinds[index] == "partial" else "final"
+        # Finals first, as one backend batch, then the partials: a partial never delays a final.
+        for kind in ("final", "partial"):
+            group = [n for n, k in enumerate(kinds) if (k == "partial") == (kind == "partial")]
+            if not group:
+                continue
             t0 = time.perf_counter()
-            ok = True
             try:
-                segments = self.backend.transcribe(np.frombuffer(pcm, dtype="<i2"), languages[index])
-                out[index] = [_segment_dict(s) for s in segments]
-            except Exception:
-                # One bad utterance must not fail the others of its batch.
-                ok = False
-                _LOG.warning("STT failed on %d bytes of audio", len(pcm), exc_info=True)
-            spent, audio = time.perf_counter() - t0, len(pcm) / 32000
-            self.metrics.decoded(kind, spent, audio, ok)  # type: ignore[arg-type]
-            stats = self._stats[kind]
-            stats["decodes"] += 1
-            stats["errors"] += 0 if ok else 1
-            stats["decode_seconds"] += spent
-            stats["audio_seconds"] += audio
+                results: list[Any] = self.backend.transcribe_many(
+                    [np.frombuffer(pcms[n], dtype="<i2") for n in group], [languages[n] for n in group]
+                )
+            except Exception as e:  # the batch as a whole (a dead model): every utterance failed
+                results = [e] * len(group)
+            share = (time.perf_counter() - t0) / len(group)
+            for n, result in zip(group, results, strict=True):
+                ok = not isinstance(result, BaseException)
+                if ok:
+                    out[n] = [_segment_dict(s) for s in result]
+                else:  # one bad utterance does not fail the others of its batch
+                    _LOG.warning("STT failed on %d bytes of audio: %s", len(pcms[n]), result)
+                self._count(kind, share, len(pcms[n]) / 32000, ok)
         return out
+
+    def _count(self, kind: str, spent: float, audio: float, ok: bool) -> None:
+        self.metrics.decoded(kind, spent, audio, ok)  # type: ignore[arg-type]
+        stats = self._stats[kind]
+        stats["decodes"] += 1
+        stats["errors"] += 0 if ok else 1
+        stats["decode_seconds"] += spent
+        stats["audio_seconds"] += audio
 
     # Ray's stubs type batch handlers as one-argument functions; Serve batches each argument.
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)  # type: ignore[arg-type]

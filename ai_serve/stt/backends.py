@@ -19,6 +19,7 @@ run here (no GPU, no NeMo on these machines).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ import numpy.typing as npt
 from ..models.errors import ModelError
 from ..models.registry import BackendRegistry
 from ..models.stats import CallCounters
+from .short_context import FittedDecode, decode_fitted, decode_fitted_batch, looks_broken, similar_lengths
 
 __all__ = [
     "SAMPLE_RATE",
@@ -48,6 +50,8 @@ __all__ = [
     "create_backend",
     "register_backend",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 NO_REPEAT_NGRAM = 3  # for the languages decoded with Whisper's filters off (see FasterWhisperBackend)
@@ -163,6 +167,42 @@ class BaseSttBackend(ABC):
     @abstractmethod
     def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:
         """Transcribe float32 16 kHz mono audio (non-empty)."""
+
+    def transcribe_many(
+        self, pcms: Sequence[npt.NDArray[Any]], languages: Sequence[str | None]
+    ) -> list[list[Segment] | SttError]:
+        """Several utterances at once: one result per utterance, a failure as its :class:`SttError`
+        (one bad utterance never fails the others). Backends that decode a batch in one pass
+        override :meth:`_transcribe_many_impl`; the default decodes one after another. The compute
+        time of a batch is shared equally among its utterances in :attr:`stats`."""
+        if len(pcms) != len(languages):
+            raise ValueError(f"need one language per utterance: {len(pcms)} != {len(languages)}")
+        audios = [as_float_pcm(pcm) for pcm in pcms]
+        out: list[list[Segment] | SttError] = [[] for _ in audios]
+        todo = [n for n, audio in enumerate(audios) if audio.size]
+        if not todo:
+            return out
+        t0 = time.perf_counter()
+        results = self._transcribe_many_impl([audios[n] for n in todo], [languages[n] for n in todo])
+        share = (time.perf_counter() - t0) / len(todo)
+        for n, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, SttError):
+                result = SttError(f"{self.capabilities.name}: transcription failed: {result}")
+            self.stats.record(audios[n].size / SAMPLE_RATE, share, not isinstance(result, SttError))
+            out[n] = result
+        return out
+
+    def _transcribe_many_impl(
+        self, audios: list[FloatPcm], languages: list[str | None]
+    ) -> list[list[Segment] | BaseException]:
+        """Non-empty utterances, one result (or the exception) each; default: one at a time."""
+        out: list[list[Segment] | BaseException] = []
+        for audio, language in zip(audios, languages, strict=True):
+            try:
+                out.append(self._transcribe_impl(audio, language))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free memory on GC
         """Release the model early (a Serve replica shutting down); optional."""
@@ -282,10 +322,56 @@ class FasterWhisperBackend(BaseSttBackend):
     def _transcribe_impl(self, audio: FloatPcm, language: str | None) -> list[Segment]:
         lang = language or self.default_language
         if self.audio_context == "fitted" and audio.size <= FITTED_MAX_SECONDS * SAMPLE_RATE:
-            fitted = self._fitted(audio, lang)
+            fitted = self._fitted_segments(
+                decode_fitted(
+                    self._model, audio, lang, margin_s=self.context_margin_s, beam_size=self.beam_size
+                )
+            )
             if fitted is not None:
                 return fitted
-            self.fitted_fallbacks += 1
+        return self._full(audio, lang)
+
+    def _transcribe_many_impl(
+        self, audios: list[FloatPcm], languages: list[str | None]
+    ) -> list[list[Segment] | BaseException]:
+        """Fitted-context utterances of similar length share one encoder pass and one ``generate``
+        (:func:`~ai_serve.stt.short_context.decode_fitted_batch`); the others, a result that looks
+        broken, and the utterances of a batch that failed as a whole are decoded alone."""
+        out: list[list[Segment] | BaseException | None] = [None] * len(audios)
+        langs = [language or self.default_language for language in languages]
+        if self.audio_context == "fitted":
+            fitting = [n for n, audio in enumerate(audios) if audio.size <= FITTED_MAX_SECONDS * SAMPLE_RATE]
+            for group in similar_lengths(fitting, [audio.size for audio in audios]):
+                if len(group) < 2:
+                    continue
+                try:
+                    decodes = decode_fitted_batch(
+                        self._model, [audios[n] for n in group], [langs[n] for n in group],
+                        margin_s=self.context_margin_s, beam_size=self.beam_size,
+                    )  # fmt: skip
+                except Exception:
+                    _LOG.warning("batched decode of %d utterances failed; decoding them alone", len(group))
+                    continue
+                for n, decode in zip(group, decodes, strict=True):
+                    segments = self._fitted_segments(decode)
+                    # broken: the standard decode, as for a single utterance
+                    out[n] = self._safe(self._full, audios[n], langs[n]) if segments is None else segments
+        for n, result in enumerate(out):
+            if result is None:
+                out[n] = self._safe(self._transcribe_impl, audios[n], langs[n])
+        return [result for result in out if result is not None]
+
+    @staticmethod
+    def _safe(
+        decode: Callable[[FloatPcm, str | None], list[Segment]], audio: FloatPcm, language: str | None
+    ) -> list[Segment] | BaseException:
+        try:
+            return decode(audio, language)
+        except Exception as e:
+            return e
+
+    def _full(self, audio: FloatPcm, lang: str | None) -> list[Segment]:
+        """faster-whisper's standard decode (30 s windows, temperature fallback, its filters)."""
         segments, info = self._model.transcribe(audio, **self._decode_options(lang))
         out: list[Segment] = []
         for s in segments:  # a generator: decoding happens while iterating
@@ -306,15 +392,11 @@ class FasterWhisperBackend(BaseSttBackend):
             )
         return out
 
-    def _fitted(self, audio: FloatPcm, language: str | None) -> list[Segment] | None:
-        """The fitted-context decode; None when it looks broken (the caller decodes in full)."""
-        from .short_context import decode_fitted, looks_broken
-
-        d = decode_fitted(
-            self._model, audio, language, margin_s=self.context_margin_s, beam_size=self.beam_size
-        )
+    def _fitted_segments(self, d: FittedDecode) -> list[Segment] | None:
+        """The segments of a fitted-context decode; None when it looks broken (decode it in full)."""
         filters_off = d.language in self.filters_off_languages
         if looks_broken(d.text, d.avg_logprob, min_logprob=-math.inf if filters_off else -1.0):
+            self.fitted_fallbacks += 1
             return None
         if not d.text or (not filters_off and d.no_speech_prob > 0.6 and d.avg_logprob < -1.0):
             return []  # Whisper's no-speech rule

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ pytest.importorskip("ray", reason="ray[serve] not installed (pip install -e '.[a
 
 from ai_serve.ingress_call import CallStream, IngressOptions
 from ai_serve.metrics import IngressMetrics, SttMetrics
+from ai_serve.stt.backends import BaseSttBackend, Segment, SttCapabilities
 from ai_serve.stt.vad import EnergyScorer
 from pbx_edge.ai_link.protocol import AudioFrame, Leg, StartMessage
 
@@ -100,24 +100,22 @@ async def test_a_call_records_frames_transcripts_and_latency() -> None:
     assert max(in_flight) == 1 and in_flight[-1] == 0
 
 
-@dataclass
-class _Seg:
-    text: str
-    start: float = 0.0
-    end: float = 1.0
-    confidence: float = 0.9
-    language: str | None = "en"
+class _Backend(BaseSttBackend):
+    """A real backend class whose "model" names the audio's length (and fails on 3 samples)."""
 
-
-class _Backend:
     def __init__(self) -> None:
+        super().__init__()
         self.order: list[int] = []
 
-    def transcribe(self, pcm: np.ndarray, language: str | None) -> list[_Seg]:
-        self.order.append(pcm.size)
-        if pcm.size == 3:
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(name="counting", device="cpu")
+
+    def _transcribe_impl(self, audio: np.ndarray, language: str | None) -> list[Segment]:
+        self.order.append(audio.size)
+        if audio.size == 3:
             raise RuntimeError("bad audio")
-        return [_Seg(f"{pcm.size} samples")]
+        return [Segment(f"{audio.size} samples", 0.0, 1.0, 0.0, 0.9, language)]
 
 
 def test_stt_replica_decodes_finals_first_and_counts() -> None:
@@ -142,6 +140,7 @@ def test_stt_replica_decodes_finals_first_and_counts() -> None:
     ]
     stats = replica.stats()
     assert stats["final"]["decodes"] == 2 and stats["final"]["errors"] == 1
+    assert replica.backend.stats.errors == 1 and replica.backend.stats.calls == 4
     assert stats["partial"]["audio_seconds"] == pytest.approx(3.0)
     assert rec["decodes"].total(kind="final", outcome="error") == 1
     assert rec["audio_seconds"].total(kind="partial") == pytest.approx(3.0)
