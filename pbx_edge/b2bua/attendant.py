@@ -34,7 +34,6 @@ from pbx_edge.b2bua.away import AwayTable
 from pbx_edge.b2bua.call import Call, CallState, Leg
 from pbx_edge.b2bua.calls import CallFlows
 from pbx_edge.b2bua.flow_base import ALLOW, is_sdp
-from pbx_edge.b2bua.messages import cancel_for
 from pbx_edge.b2bua.triggers import Trigger, TriggerPolicy
 from pbx_edge.media.dtmf import parse_info_dtmf
 from pbx_edge.media.interface import MediaUnavailable, SdpKind, SdpRejected, Side
@@ -184,10 +183,7 @@ class AttendantFlows(CallFlows):
 
     def _cancel_abandoned(self, owner: AbandonedCallee, now: float) -> None:
         owner.cancel_pending = False
-        tx = owner.invite_tx
-        if tx.state in (TxState.CALLING, TxState.PROCEEDING):
-            cancel = self.tx.send_request(cancel_for(tx.request), tx.dest, now)
-            cancel.owner = None
+        self._cancel_invite(owner.invite_tx, None, now)
 
     # --- the abandoned callee leg -----------------------------------------------------------------
     def on_call_response(self, owner: object, tx: ClientTransaction, resp: Response, now: float) -> None:

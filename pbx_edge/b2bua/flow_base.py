@@ -24,7 +24,13 @@ from pbx_edge.sip.endpoint import Endpoint
 from pbx_edge.sip.message import Request, Response
 from pbx_edge.sip.responses import make_response
 from pbx_edge.sip.timers import TimerHeap
-from pbx_edge.sip.transaction import ServerTransaction, TimerSettings, TransactionLayer, TxState
+from pbx_edge.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TimerSettings,
+    TransactionLayer,
+    TxState,
+)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, NOTIFY"
 ACCEPT = "application/sdp"
@@ -166,11 +172,15 @@ class FlowBase:
 
     def _send_cancel(self, call: Call, now: float) -> None:
         call.cancel_b_when_possible = False
-        invite_tx = call.b_invite_tx
+        self._cancel_invite(call.b_invite_tx, CancelSent(call), now)
+
+    def _cancel_invite(self, invite_tx: ClientTransaction | None, owner: object, now: float) -> None:
+        """CANCEL an INVITE that is still ringing; its CANCEL transaction gets ``owner``. The caller
+        has seen a provisional response first (RFC 3261 §9.1) or keeps the CANCEL until one comes."""
         if invite_tx is None or invite_tx.state not in (TxState.CALLING, TxState.PROCEEDING):
             return
-        client_tx = self.tx.send_request(cancel_for(invite_tx.request), invite_tx.dest, now)
-        client_tx.owner = CancelSent(call)
+        cancel = self.tx.send_request(cancel_for(invite_tx.request), invite_tx.dest, now)
+        cancel.owner = owner
 
     # --- sending helpers -------------------------------------------------------------------------------
     def _dest(self, leg: Leg) -> Endpoint:
