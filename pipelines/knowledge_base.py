@@ -2,11 +2,12 @@
 
 Layout
     One collection per month, ``{prefix}_YYYY_MM``, chosen by the item's ``last_seen`` (UTC). Each has
-    a named dense vector (cosine, ``dim``) and a named sparse vector (keyword terms from
-    :mod:`pipelines.sparse`, ``Modifier.IDF`` so Qdrant applies the IDF at query time), and keyword
-    payload indexes on ``language``, ``business_unit``, ``review_status`` and ``run_ids`` (server only:
-    local mode ignores payload indexes). A point whose ``last_seen`` moves into a later month on a
-    merge moves to that month's collection.
+    a named dense vector (cosine, ``dim``: the question+answer passage), a named multivector of the
+    point's question wordings (cosine, ``MAX_SIM``: see "Wordings"), a named sparse vector (keyword
+    terms from :mod:`pipelines.sparse`, ``Modifier.IDF`` so Qdrant applies the IDF at query time), and
+    keyword payload indexes on ``language``, ``business_unit``, ``review_status`` and ``run_ids``
+    (server only: local mode ignores payload indexes). A point whose ``last_seen`` moves into a later
+    month on a merge moves to that month's collection.
 
 Recent months
     A Qdrant alias names one collection, so "search the recent months" is done by the reader:
@@ -22,7 +23,24 @@ Ids and merging
     ``near_duplicate_threshold`` cosine of a point of the same language and business unit, merges into
     that point: source call ids united, ``first_seen`` min, ``last_seen`` max, ``support`` = number of
     distinct source calls, labels united, the stored question, answer, review status and vector kept
-    (a reviewer's decision sticks). Re-running the same range therefore changes nothing.
+    (a reviewer's decision sticks), the item's question wording added to the point's wordings.
+    Re-running the same range therefore changes nothing.
+
+Wordings
+    Near-duplicate merging folds differently worded questions with one answer into one point; each
+    wording is kept, because a caller may later ask in any of them. ``questions`` (payload) lists the
+    point's distinct wordings (distinct by :func:`canonical_question`): its own ``question`` first,
+    then the others by how many source calls said them (most first, ties by canonical form), at most
+    ``max_wordings``. They are derived from ``runs`` like the sources, so a re-run changes nothing and
+    :meth:`KnowledgeBase.replace_run` takes a run's wordings out again. A wording is embedded as a
+    *query* (what a caller asks) when the writer passes ``question_vectors`` (one per item, of its
+    question) to :meth:`KnowledgeBase.upsert`; those vectors form the ``wording_vector`` multivector,
+    one row per embedded wording, in the order of ``questions``; ``embedded_questions`` (payload)
+    holds the indexes into ``questions`` that have a row (a writer without query vectors, or a
+    wording that comes back within the cap after its vector was dropped with it, leaves a wording
+    without a row). The retriever ranks points by the best cosine between the query and any row.
+    Collections made before wordings existed have no such vector: their points keep ``questions`` in
+    the payload only (re-extract into a new base to search them).
 
 Runs
     Every point records which runs produced it and, per run, its calls and first/last seen
@@ -87,6 +105,8 @@ class KnowledgeBaseConfig(BaseModel):
     dim: int = Field(384, ge=1)
     dense_vector: str = "dense"
     sparse_vector: str = "sparse"
+    wording_vector: str = "wordings"  # multivector of the question wordings (MAX_SIM)
+    max_wordings: int = Field(16, ge=1)  # question wordings kept per point, its own first
     near_duplicate_threshold: float | None = Field(0.97, gt=0, le=1)  # cosine; None: exact ids only
     timeout_s: float = Field(10.0, gt=0)
 
@@ -117,12 +137,14 @@ class UpsertReport:
 
 @dataclass(slots=True)
 class StoredPoint:
-    """One point as read back: id, collection, payload, dense vector."""
+    """One point as read back: id, collection, payload, dense vector, wording vectors (rows of
+    ``payload["embedded_questions"]``; ``(0, 0)`` when none)."""
 
     id: str
     collection: str
     payload: dict[str, Any]
     vector: npt.NDArray[np.float32]
+    wordings: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     @property
     def item(self) -> QAItem:
@@ -150,9 +172,17 @@ def month_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y_%m")
 
 
-def _derive(payload: dict[str, Any]) -> dict[str, Any]:
-    """Recompute the fields that follow from ``runs`` (sources, support, first/last seen)."""
+def _derive(payload: dict[str, Any], max_wordings: int) -> dict[str, Any]:
+    """Recompute the fields that follow from ``runs`` (sources, support, first/last seen, wordings)."""
     runs: dict[str, dict[str, Any]] = payload["runs"]
+    said: dict[str, tuple[str, set[str]]] = {}  # canonical wording -> (its text, calls that said it)
+    for r in runs.values():
+        for canon, entry in r.get("wordings", {}).items():
+            text, calls = said.get(canon, (entry["text"], set()))
+            said[canon] = (min(text, entry["text"]), calls | set(entry["calls"]))
+    own = canonical_question(payload["question"])
+    others = sorted((c for c in said if c != own), key=lambda c: (-len(said[c][1]), c))
+    payload["questions"] = [payload["question"], *(said[c][0] for c in others)][:max_wordings]
     calls = sorted({c for r in runs.values() for c in r["calls"]})
     payload["source_call_ids"] = calls
     payload["support"] = max(len(calls), 1)
@@ -170,17 +200,35 @@ def _new_payload(item: QAItem) -> dict[str, Any]:
     return payload
 
 
-def _merge(payload: dict[str, Any], item: QAItem, run_id: str) -> dict[str, Any]:
-    """``item`` merged into a copy of ``payload`` (question, answer, review status kept)."""
+def _merge(payload: dict[str, Any], item: QAItem, run_id: str, max_wordings: int) -> dict[str, Any]:
+    """``item`` merged into a copy of ``payload`` (question, answer, review status kept; the item's
+    question wording recorded under the run)."""
     out = dict(payload)
     runs = {k: dict(v) for k, v in payload["runs"].items()}
     run = runs.setdefault(run_id, {"calls": [], "first_seen": item.first_seen, "last_seen": item.last_seen})
     run["calls"] = sorted(set(run["calls"]) | set(item.source_call_ids))
     run["first_seen"] = min(run["first_seen"], item.first_seen)
     run["last_seen"] = max(run["last_seen"], item.last_seen)
+    wordings = dict(run.get("wordings", {}))
+    canon = canonical_question(item.question)
+    seen = wordings.get(canon, {"text": item.question, "calls": []})
+    wordings[canon] = {
+        "text": min(seen["text"], item.question),
+        "calls": sorted(set(seen["calls"]) | set(item.source_call_ids)),
+    }
+    run["wordings"] = wordings
     out["runs"] = runs
     out["labels"] = list(payload["labels"]) + [x for x in item.labels if x not in payload["labels"]]
-    return _derive(out)
+    return _derive(out, max_wordings)
+
+
+def _stored_wordings(point: StoredPoint) -> dict[str, npt.NDArray[np.float32]]:
+    """Canonical wording -> its stored query vector (from ``embedded_questions`` and the rows)."""
+    questions = point.payload.get("questions", [])
+    rows = point.payload.get("embedded_questions", [])
+    if len(rows) != len(point.wordings):
+        return {}  # not written by this code (or edited by hand): treat as not embedded
+    return {canonical_question(questions[i]): point.wordings[n] for n, i in enumerate(rows)}
 
 
 @dataclass(slots=True)
@@ -190,6 +238,7 @@ class _Pending:
     original: dict[str, Any] | None  # as stored before this write (None: new point)
     collection: str | None  # where it is stored now
     items: list[int] = field(default_factory=list)
+    wordings: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # canonical -> vector
 
 
 class KnowledgeBase:
@@ -212,6 +261,7 @@ class KnowledgeBase:
         self.local = self._client_is_local(self.client)
         self.vectorizer = KeywordVectorizer()
         self.version = 0  # bumped on every write: readers cache per version
+        self._has_wordings: dict[str, bool] = {}
         self._lock = threading.RLock()
         self._pattern = re.compile(rf"^{re.escape(self.config.prefix)}_(\d{{4}})_(\d{{2}})$")
 
@@ -249,13 +299,27 @@ class KnowledgeBase:
         existing = set(names)
         return [n for n in wanted if n in existing]
 
+    def has_wordings(self, collection: str) -> bool:
+        """Whether ``collection`` has the wording multivector (collections made before it do not)."""
+        known = self._has_wordings.get(collection)
+        if known is None:
+            vectors = self.client.get_collection(collection).config.params.vectors
+            known = isinstance(vectors, dict) and self.config.wording_vector in vectors
+            self._has_wordings[collection] = known
+        return known
+
     def _ensure_collection(self, name: str) -> None:
         if self.client.collection_exists(name):
             return
+        cosine = qm.Distance.COSINE
+        max_sim = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
         self.client.create_collection(
             name,
             vectors_config={
-                self.config.dense_vector: qm.VectorParams(size=self.config.dim, distance=qm.Distance.COSINE)
+                self.config.dense_vector: qm.VectorParams(size=self.config.dim, distance=cosine),
+                self.config.wording_vector: qm.VectorParams(
+                    size=self.config.dim, distance=cosine, multivector_config=max_sim
+                ),
             },
             sparse_vectors_config={
                 self.config.sparse_vector: qm.SparseVectorParams(modifier=qm.Modifier.IDF)
@@ -302,12 +366,24 @@ class KnowledgeBase:
     def _record(self, collection: str, record: qm.Record) -> StoredPoint:
         vectors = record.vector
         dense = vectors.get(self.config.dense_vector) if isinstance(vectors, dict) else vectors
+        rows = vectors.get(self.config.wording_vector) if isinstance(vectors, dict) else None
         return StoredPoint(
             id=str(record.id),
             collection=collection,
             payload=dict(record.payload or {}),
             vector=np.asarray(dense if dense is not None else [], dtype=np.float32),
+            wordings=np.asarray(rows, dtype=np.float32).reshape(-1, self.config.dim)
+            if rows
+            else np.zeros((0, 0), np.float32),
         )
+
+    def _vector_names(self, collection: str, *, sparse: bool, wordings: bool) -> list[str]:
+        names = [self.config.dense_vector]
+        if sparse:
+            names.append(self.config.sparse_vector)
+        if wordings and self.has_wordings(collection):
+            names.append(self.config.wording_vector)
+        return names
 
     def get(self, ids: Sequence[str], collections: Sequence[str] | None = None) -> dict[str, StoredPoint]:
         """The stored points among ``ids`` (in any monthly collection unless ``collections``)."""
@@ -316,17 +392,23 @@ class KnowledgeBase:
             return found
         for name in collections if collections is not None else self.collections():
             records = self.client.retrieve(
-                name, list(ids), with_payload=True, with_vectors=[self.config.dense_vector]
-            )
+                name, list(ids), with_payload=True,
+                with_vectors=self._vector_names(name, sparse=False, wordings=True),
+            )  # fmt: skip
             for record in records:
                 found[str(record.id)] = self._record(name, record)
         return found
 
     def points(
-        self, collection: str, *, scroll_filter: qm.Filter | None = None, with_sparse: bool = False
+        self,
+        collection: str,
+        *,
+        scroll_filter: qm.Filter | None = None,
+        with_sparse: bool = False,
+        with_wordings: bool = False,
     ) -> Iterator[tuple[StoredPoint, qm.SparseVector | None]]:
-        """Every point of one collection (dense vector, and the sparse one when asked)."""
-        names = [self.config.dense_vector] + ([self.config.sparse_vector] if with_sparse else [])
+        """Every point of one collection (dense vector; sparse and wording vectors when asked)."""
+        names = self._vector_names(collection, sparse=with_sparse, wordings=with_wordings)
         offset: Any = None
         while True:
             records, offset = self.client.scroll(
@@ -357,10 +439,17 @@ class KnowledgeBase:
         *,
         run_id: str = "default",
         near_duplicates: bool = True,
+        question_vectors: npt.ArrayLike | None = None,
     ) -> UpsertReport:
-        """Merge ``items`` (with their passage vectors, ``(n, dim)``) into the knowledge base."""
+        """Merge ``items`` (with their passage vectors, ``(n, dim)``) into the knowledge base.
+
+        ``question_vectors``: ``(n, dim)`` query embeddings of the items' questions, stored as the
+        wording vectors (see "Wordings"); without them the wordings are kept in the payload only."""
         with self._lock:
-            return self._apply(items, vectors, run_id=run_id, drop_run=False, near_duplicates=near_duplicates)
+            return self._apply(
+                items, vectors, run_id=run_id, drop_run=False, near_duplicates=near_duplicates,
+                question_vectors=question_vectors,
+            )  # fmt: skip
 
     def replace_run(
         self,
@@ -369,10 +458,14 @@ class KnowledgeBase:
         vectors: npt.ArrayLike,
         *,
         near_duplicates: bool = True,
+        question_vectors: npt.ArrayLike | None = None,
     ) -> UpsertReport:
         """Replace what run ``run_id`` contributed by ``items`` (a re-run of a range after a fix)."""
         with self._lock:
-            return self._apply(items, vectors, run_id=run_id, drop_run=True, near_duplicates=near_duplicates)
+            return self._apply(
+                items, vectors, run_id=run_id, drop_run=True, near_duplicates=near_duplicates,
+                question_vectors=question_vectors,
+            )  # fmt: skip
 
     def _check(self, items: Sequence[QAItem], vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
         arr = np.asarray(vectors, dtype=np.float32).reshape(len(items), -1) if len(items) else None
@@ -431,25 +524,33 @@ class KnowledgeBase:
         run_id: str,
         drop_run: bool,
         near_duplicates: bool,
+        question_vectors: npt.ArrayLike | None = None,
     ) -> UpsertReport:
         if not run_id:
             raise ValueError("run_id must not be empty")
         items = list(items)
         unit = self._check(items, vectors)
+        asked = self._check(items, question_vectors) if question_vectors is not None else None
+        cap = self.config.max_wordings
         pending: dict[str, _Pending] = {}
+
+        def stored(sp: StoredPoint, payload: dict[str, Any] | None) -> _Pending:
+            entry = _Pending(payload, sp.vector, dict(sp.payload), sp.collection)
+            entry.wordings = _stored_wordings(sp)
+            return entry
 
         def load(points: dict[str, StoredPoint]) -> None:
             for pid, sp in points.items():
                 if pid not in pending:
-                    pending[pid] = _Pending(sp.payload, sp.vector, dict(sp.payload), sp.collection)
+                    pending[pid] = stored(sp, sp.payload)
 
         if drop_run:  # take the run's contribution out of every point it touched
             run_filter = qm.Filter(must=[qm.FieldCondition(key="run_ids", match=qm.MatchAny(any=[run_id]))])
             for name in self.collections():
-                for sp, _ in self.points(name, scroll_filter=run_filter):
+                for sp, _ in self.points(name, scroll_filter=run_filter, with_wordings=True):
                     runs = {k: v for k, v in sp.payload["runs"].items() if k != run_id}
-                    payload = _derive({**sp.payload, "runs": runs}) if runs else None
-                    pending[sp.id] = _Pending(payload, sp.vector, dict(sp.payload), sp.collection)
+                    payload = _derive({**sp.payload, "runs": runs}, cap) if runs else None
+                    pending[sp.id] = stored(sp, payload)
         load(self.get([point_id(i.language, i.business_unit, i.question) for i in items]))
 
         for n, (item, vector) in enumerate(zip(items, unit, strict=True)):
@@ -474,13 +575,23 @@ class KnowledgeBase:
                 else:
                     entry.vector = vector
                 entry.payload = base
-            entry.payload = _merge(entry.payload, item, run_id)
+            entry.payload = _merge(entry.payload, item, run_id, cap)
+            if asked is not None:  # the first vector of a wording stays (a re-run changes nothing)
+                entry.wordings.setdefault(canonical_question(item.question), asked[n])
             entry.items.append(n)
 
         report = UpsertReport(ids=[""] * len(items))
         upserts: dict[str, list[qm.PointStruct]] = {}
         deletes: dict[str, list[str]] = {}
+        with_wordings: dict[str, bool] = {}  # target collection -> has the wording multivector
         for pid, entry in pending.items():
+            rows: npt.NDArray[np.float32] | None = None
+            if entry.payload is not None:
+                month = self.collection_name(entry.payload["month"])
+                if month not in with_wordings:
+                    exists = self.client.collection_exists(month)
+                    with_wordings[month] = not exists or self.has_wordings(month)
+                rows = self._embedded(entry, with_wordings[month])
             for k, n in enumerate(entry.items):
                 report.ids[n] = pid
                 if entry.payload == entry.original:
@@ -499,7 +610,7 @@ class KnowledgeBase:
             target = self.collection_name(entry.payload["month"])
             if entry.collection is not None and entry.collection != target:
                 deletes.setdefault(entry.collection, []).append(pid)
-            upserts.setdefault(target, []).append(self._point(pid, entry.payload, entry.vector))
+            upserts.setdefault(target, []).append(self._point(pid, entry.payload, entry.vector, rows))
         for name, points in upserts.items():
             self._ensure_collection(name)
             self.client.upsert(name, points, wait=True)
@@ -510,9 +621,30 @@ class KnowledgeBase:
             self._update_alias()
         return report
 
-    def _point(self, pid: str, payload: dict[str, Any], vector: npt.NDArray[np.float32]) -> qm.PointStruct:
+    @staticmethod
+    def _embedded(entry: _Pending, supported: bool) -> npt.NDArray[np.float32] | None:
+        """Set ``embedded_questions`` in the entry's payload; the wording rows to store (or None)."""
+        if entry.payload is None or "questions" not in entry.payload:
+            return None  # deleted, or an old point this write did not touch
+        found = [
+            (i, entry.wordings[c])
+            for i, c in enumerate(canonical_question(q) for q in entry.payload["questions"])
+            if supported and c in entry.wordings
+        ]
+        entry.payload["embedded_questions"] = [i for i, _ in found]
+        return np.stack([v for _, v in found]) if found else None
+
+    def _point(
+        self,
+        pid: str,
+        payload: dict[str, Any],
+        vector: npt.NDArray[np.float32],
+        wordings: npt.NDArray[np.float32] | None,
+    ) -> qm.PointStruct:
         sparse: SparseTerms = self.vectorizer.document(f"{payload['question']} {payload['answer']}")
         vec: dict[str, Any] = {self.config.dense_vector: vector.tolist()}
+        if wordings is not None:
+            vec[self.config.wording_vector] = wordings.tolist()
         if sparse:
             vec[self.config.sparse_vector] = qm.SparseVector(indices=sparse.indices, values=sparse.values)
         return qm.PointStruct(id=pid, vector=vec, payload=payload)

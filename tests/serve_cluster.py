@@ -223,6 +223,8 @@ def serve_app() -> Iterator[ServeApp]:
     app = ServeApp(
         port=free_port(), billing_port=billing_port, audit_url=args.get("ivr", {}).get("audit_url", "")
     )
+    if ray.is_initialized():  # a Ray Data test earlier in the session left its cluster up
+        ray.shutdown()
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t1 = time.perf_counter()

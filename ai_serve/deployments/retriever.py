@@ -2,7 +2,7 @@
 
 ``await handle.search.remote("how do I reset my password", k=5, language="en")`` returns a list of
 dicts (:meth:`ai_serve.retrieval.Hit.to_dict`: score, question, answer, language, id, payload and the
-dense/keyword component scores). The replica embeds the query with its own embedder (the text
+dense/wording/keyword component scores). The replica embeds the query with its own embedder (the text
 embedding backend, in process: one short query does not gain from the embedding deployment's
 batching) and searches the knowledge base (:mod:`pipelines.knowledge_base`; a Qdrant server by
 ``knowledge_base.url`` in production). Local mode's folder can be opened by one process only, so a
@@ -46,6 +46,7 @@ class RetrieverOptions(BaseModel):
     rerank: bool = False
     review_status: list[str] | None = None  # e.g. ["approved"] to serve reviewed knowledge only
     candidates: int = Field(50, ge=1)
+    wording_weight: float = Field(1.0, ge=0)  # the question-wordings rank, relative to dense (0: off)
     refresh_s: float = Field(5.0, gt=0)  # local mode: how often to look for a newer knowledge base
 
 
@@ -98,8 +99,9 @@ class RetrieverDeployment:
 
     def _new_retriever(self) -> Retriever:
         return Retriever(
-            self.kb, self.embedder, engine=self.options.engine, candidates=self.options.candidates
-        )
+            self.kb, self.embedder, engine=self.options.engine, candidates=self.options.candidates,
+            wording_weight=self.options.wording_weight,
+        )  # fmt: skip
 
     def _current(self) -> Retriever:
         """The retriever over the newest snapshot (local mode), rebuilt when the snapshot moved."""

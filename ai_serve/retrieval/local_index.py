@@ -7,6 +7,10 @@ the retriever mirrors each collection into numpy arrays once per write (:attr:`K
 and answers from them, with Qdrant's own scoring:
 
 - dense: cosine = dot product of unit rows;
+- wordings: the best cosine between the query and any of the point's question wordings (Qdrant's
+  ``MAX_SIM`` over a cosine multivector, with one query vector); the rows of all points are one
+  matrix, and ``np.maximum.reduceat`` takes each point's maximum; points without wordings are left
+  out, as Qdrant leaves out points without the vector;
 - sparse: ``sum(idf(t) * q_t * d_t)`` with Qdrant's IDF ``ln((N - df + 0.5) / (df + 0.5) + 1)``
   (``Modifier.IDF``; N = points that have a sparse vector, df over the whole collection);
 - filters: exact match on ``language`` / ``business_unit``, any-of on ``review_status``.
@@ -49,10 +53,20 @@ class LocalIndex:
         terms: list[int] = []
         term_rows: list[int] = []
         term_values: list[float] = []
-        for n, (point, sparse) in enumerate(kb.points(collection, with_sparse=True)):
+        wording_rows: list[npt.NDArray[np.float32]] = []
+        owners: list[int] = []  # the point of each block of wording rows
+        block_starts: list[int] = []  # where each block starts
+        wording_count = 0
+        points = kb.points(collection, with_sparse=True, with_wordings=True)
+        for n, (point, sparse) in enumerate(points):
             ids.append(point.id)
             payloads.append(point.payload)
             rows.append(point.vector)
+            if len(point.wordings):
+                owners.append(n)
+                block_starts.append(wording_count)
+                wording_rows.append(point.wordings)
+                wording_count += len(point.wordings)
             if sparse is not None:
                 terms.extend(sparse.indices)
                 term_rows.extend([n] * len(sparse.indices))
@@ -61,6 +75,13 @@ class LocalIndex:
         self.ids = ids
         self.payloads = payloads
         self.dense = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, kb.config.dim), np.float32)
+        wordings = np.vstack(wording_rows) if wording_rows else np.zeros((0, kb.config.dim), np.float32)
+        norms = np.maximum(np.linalg.norm(wordings, axis=1, keepdims=True), 1e-12)
+        self.wordings = np.ascontiguousarray(wordings / norms, dtype=np.float32)  # Qdrant normalizes
+        self._wording_owners = np.asarray(owners, dtype=np.int64)
+        self._wording_starts = np.asarray(block_starts, dtype=np.int64)
+        self._has_wordings = np.zeros(len(ids), dtype=bool)
+        self._has_wordings[self._wording_owners] = True
         # filter columns as small integer codes (string compares over 100k objects cost milliseconds)
         self._codes: dict[str, dict[str, int]] = {}
         self.columns: dict[str, npt.NDArray[np.int32]] = {}
@@ -130,6 +151,18 @@ class LocalIndex:
         if not len(self.ids):
             return []
         return self._top(self.dense @ query, keep, limit)
+
+    def wording_search(
+        self, query: npt.NDArray[np.float32], keep: npt.NDArray[np.bool_], limit: int
+    ) -> list[ScoredRow]:
+        """Top ``limit`` by the best cosine over each point's wordings, among the rows in ``keep``
+        that have wordings."""
+        if not self._wording_owners.size:
+            return []
+        best = np.maximum.reduceat(self.wordings @ query, self._wording_starts)
+        scores = np.full(len(self.ids), -np.inf, dtype=np.float32)
+        scores[self._wording_owners] = best
+        return self._top(scores, keep & self._has_wordings, limit)
 
     def sparse_search(
         self, indices: Sequence[int], values: Sequence[float], keep: npt.NDArray[np.bool_], limit: int

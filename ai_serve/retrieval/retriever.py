@@ -1,4 +1,5 @@
-"""Hybrid retrieval over the knowledge base: dense + keyword, fused, optionally re-ranked.
+"""Hybrid retrieval over the knowledge base: dense + question wordings + keyword, fused, optionally
+re-ranked.
 
 :meth:`Retriever.search` embeds the query (``kind="query"``), then over the recent monthly
 collections (:meth:`KnowledgeBase.recent_collections`), with the filter (language, business unit,
@@ -6,24 +7,33 @@ review status):
 
 1. dense: the ``candidates`` best by cosine, over all the collections together (cosines compare
    across collections);
-2. sparse: the ``candidates`` best by keyword score (IDF-weighted, per collection's statistics);
-3. fusion, weighted reciprocal rank: ``alpha / (rrf_k + rank_dense) + (1 - alpha) / (rrf_k +
-   rank_sparse)`` (ranks from 1, a missing rank adds 0). ``hybrid_alpha=1`` is dense only, ``0``
-   keyword only. Ranks rather than raw scores, because e5 cosines are compressed (0.73-0.93) and
-   keyword scores are unbounded. Qdrant's ``prefetch`` + ``FusionQuery(RRF)`` does the same inside
-   one collection (and works in local mode), but a global rank over several collections needs the
+2. wordings: the ``candidates`` best by the highest cosine between the query and any question
+   wording the point has absorbed (each embedded as a query; the ``wordings`` multivector of
+   :mod:`pipelines.knowledge_base`, ``MAX_SIM``). A passage vector mixes the question with the
+   answer, so a query phrased like one of the questions callers asked scores higher against that
+   wording alone; points without wording vectors have no such rank;
+3. sparse: the ``candidates`` best by keyword score (IDF-weighted, per collection's statistics);
+4. fusion, weighted reciprocal rank: ``alpha / (rrf_k + rank_dense) + wording_weight * alpha /
+   (rrf_k + rank_wording) + (1 - alpha) / (rrf_k + rank_sparse)`` (ranks from 1, a missing rank adds
+   0). ``hybrid_alpha=1`` is semantic only (dense and wordings), ``0`` keyword only. Ranks rather
+   than raw scores, because e5 cosines are compressed (0.73-0.93) and keyword scores are unbounded.
+   ``wording_weight`` is 1 by default: the two semantic ranks count the same, keyword ranks stay a
+   tie-break (``hybrid_alpha`` 0.9). It was set from that principle, not tuned on the evaluation's
+   held-out questions. Qdrant's ``prefetch`` + ``FusionQuery(RRF)`` does the same inside one
+   collection (and works in local mode), but a global rank over several collections needs the
    fusion here;
-4. ``rerank=True``: a cheap cross-score in place of a cross-encoder over the best ``4 k`` fused:
+5. ``rerank=True``: a cheap cross-score in place of a cross-encoder over the best ``4 k`` fused:
    ``cosine(query, point) + overlap_weight * overlap``, overlap being the share of the query's
    keyword tokens found in the point's question and answer;
-5. ``distinct=True`` (the default): one hit per answer. The knowledge base keeps differently worded
+6. ``distinct=True`` (the default): one hit per answer. The knowledge base keeps differently worded
    questions with the same answer as separate items (their question+answer vectors are too far apart
    to merge), so without this a top 3 can be one answer three times; a hit whose answer shares
    ``distinct_overlap`` of its keyword tokens (Jaccard) with a better hit's answer is left out.
 
 Engines: ``"numpy"`` answers from :class:`~ai_serve.retrieval.local_index.LocalIndex` mirrors (local
 mode: qdrant-client's local search is a Python scan, see there), ``"qdrant"`` queries Qdrant (a
-server: HNSW and payload indexes); ``"auto"`` picks numpy in local mode. Both score the same way.
+server: HNSW and payload indexes); ``"auto"`` picks numpy in local mode. Both score the same way
+(collections made before wordings existed have no wording rank in either).
 """
 
 from __future__ import annotations
@@ -46,11 +56,13 @@ from .local_index import LocalIndex, ScoredRow
 __all__ = ["Engine", "Hit", "Retriever"]
 
 Engine = Literal["auto", "numpy", "qdrant"]
+_Signal = Literal["dense", "wording", "sparse"]  # a ranking's score field of _Candidate
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One result: the fused (or re-ranked) score, the item, and the two component scores."""
+    """One result: the fused (or re-ranked) score, the item, and the component scores (``wording_score``:
+    the best cosine between the query and the point's question wordings)."""
 
     score: float
     question: str
@@ -60,6 +72,7 @@ class Hit:
     payload: dict[str, Any] = field(repr=False)
     dense_score: float | None = None
     sparse_score: float | None = None
+    wording_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,8 +83,7 @@ class _Candidate:
     row: ScoredRow
     dense: float | None = None
     sparse: float | None = None
-    rank_dense: int | None = None
-    rank_sparse: int | None = None
+    wording: float | None = None
     fused: float = 0.0
 
 
@@ -88,11 +100,12 @@ class Retriever:
         rrf_k: int = 60,
         overlap_weight: float = 0.2,
         distinct_overlap: float = 0.6,
+        wording_weight: float = 1.0,
     ) -> None:
         if embedder.dim != kb.config.dim:
             raise ValueError(f"embedder dim {embedder.dim} != knowledge base dim {kb.config.dim}")
-        if candidates < 1 or rrf_k < 0:
-            raise ValueError("candidates must be >= 1 and rrf_k >= 0")
+        if candidates < 1 or rrf_k < 0 or wording_weight < 0:
+            raise ValueError("candidates must be >= 1, rrf_k >= 0 and wording_weight >= 0")
         self.kb = kb
         self.embedder = embedder
         self.engine: Literal["numpy", "qdrant"] = (
@@ -102,6 +115,7 @@ class Retriever:
         self.rrf_k = rrf_k
         self.overlap_weight = overlap_weight
         self.distinct_overlap = distinct_overlap
+        self.wording_weight = wording_weight
         self._indexes: dict[str, LocalIndex] = {}
         self._indexed_version = -1
         self._lock = threading.Lock()
@@ -158,7 +172,9 @@ class Retriever:
         collections = self.kb.recent_collections(now)
         limit = max(self.candidates, 4 * k if rerank else k)
         sparse = self.kb.vectorizer.query(query) if hybrid_alpha < 1.0 else None
+        wordings = hybrid_alpha > 0.0 and self.wording_weight > 0.0
         dense_rows: list[ScoredRow] = []
+        wording_rows: list[ScoredRow] = []
         sparse_rows: list[ScoredRow] = []
         if self.engine == "numpy":
             indexes = self._local_indexes(collections)
@@ -166,6 +182,8 @@ class Retriever:
                 keep = index.mask(language, business_unit, statuses)
                 if hybrid_alpha > 0.0:
                     dense_rows += index.dense_search(q, keep, limit)
+                if wordings:
+                    wording_rows += index.wording_search(q, keep, limit)
                 if sparse:
                     sparse_rows += index.sparse_search(sparse.indices, sparse.values, keep, limit)
         else:
@@ -175,10 +193,18 @@ class Retriever:
             for name in collections:
                 if hybrid_alpha > 0.0:
                     dense_rows += self._qdrant(name, q.tolist(), self.kb.config.dense_vector, flt, limit)
+                if wordings and self.kb.has_wordings(name):  # MAX_SIM with one query row: max cosine
+                    using = self.kb.config.wording_vector
+                    wording_rows += self._qdrant(name, [q.tolist()], using, flt, limit)
                 if sparse:
                     sv = qm.SparseVector(indices=sparse.indices, values=sparse.values)
                     sparse_rows += self._qdrant(name, sv, self.kb.config.sparse_vector, flt, limit)
-        fused = self._fuse(dense_rows, sparse_rows, hybrid_alpha, limit)
+        ranks: tuple[tuple[list[ScoredRow], _Signal, float], ...] = (
+            (dense_rows, "dense", hybrid_alpha),
+            (wording_rows, "wording", hybrid_alpha * self.wording_weight),
+            (sparse_rows, "sparse", 1.0 - hybrid_alpha),
+        )
+        fused = self._fuse(ranks, limit)
         if rerank:
             fused = self._rerank(query, q, fused[: 4 * k])
         if distinct:
@@ -193,6 +219,7 @@ class Retriever:
                 payload=c.row.payload,
                 dense_score=c.dense,
                 sparse_score=c.sparse,
+                wording_score=c.wording,
             )
             for c in fused[:k]
         ]
@@ -224,19 +251,14 @@ class Retriever:
             )
         return rows
 
-    def _fuse(
-        self, dense: list[ScoredRow], sparse: list[ScoredRow], alpha: float, limit: int
-    ) -> list[_Candidate]:
+    def _fuse(self, ranks: Sequence[tuple[list[ScoredRow], _Signal, float]], limit: int) -> list[_Candidate]:
+        """Weighted RRF of the rankings (rows, which score they are, weight); see the docstring, 4."""
         found: dict[str, _Candidate] = {}
-        for rows, is_dense in ((dense, True), (sparse, False)):
+        for rows, signal, weight in ranks:
             rows = sorted(rows, key=lambda r: (-r.score, r.id))[:limit]
-            weight = alpha if is_dense else 1.0 - alpha
             for rank, row in enumerate(rows, start=1):
                 c = found.setdefault(row.id, _Candidate(row))
-                if is_dense:
-                    c.dense, c.rank_dense = row.score, rank
-                else:
-                    c.sparse, c.rank_sparse = row.score, rank
+                setattr(c, signal, row.score)
                 c.fused += weight / (self.rrf_k + rank)
         return sorted(found.values(), key=lambda c: (-c.fused, c.row.id))
 

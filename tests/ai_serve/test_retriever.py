@@ -324,3 +324,109 @@ def test_deployment_on_a_local_path_reads_a_snapshot(tmp_path: Any) -> None:
         assert asyncio.run(dep.search("parking free"))[0]["answer"] == "Yes, for patients."
     finally:
         dep.__del__()
+
+
+# ------------------------------------------------------------------------------ question wordings
+
+
+def toward(target: npt.NDArray[np.float32], cosine: float, seed: int) -> npt.NDArray[np.float32]:
+    """A unit vector at exactly ``cosine`` to the unit vector ``target``."""
+    other = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    other = unit(other - (other @ target) * target)
+    return unit(cosine * target + np.sqrt(1.0 - cosine**2) * other)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "qdrant"])
+def test_an_item_is_found_by_a_merged_wording(engine: str) -> None:
+    """The asked wording was merged into the point; its stored question and answer share no word with
+    the query. Dense alone ranks it 4th (behind three items about something else); the wording rank
+    lifts it to the top."""
+    kb = KnowledgeBase(KnowledgeBaseConfig(dim=DIM))
+    query = "price teeth polished"
+    q = HashEmbedder().embed([query], "query")[0]
+    scaling = qa("How much does a scaling visit cost?", "Scaling is 80 dollars.", ts(2024, 5), call="s1")
+    merged = qa("What is the price to get my teeth polished?", "It is 80 dollars.", ts(2024, 5), call="s2")
+    places = ["lobby", "garden", "kiosk", "office", "window", "counter", "hall", "gate"]
+    others = [qa(f"Where is the {p}?", f"Ask at the {p} desk.", ts(2024, 5), call=p) for p in places]
+    passage = toward(q, 0.80, 1)
+    passages = [passage, passage] + [toward(q, c, 10 + n) for n, c in enumerate((0.9, 0.88, 0.86))]
+    passages += [toward(q, 0.5 - 0.05 * n, 20 + n) for n in range(5)]
+    asked = [toward(q, 0.1, 2), toward(q, 0.95, 3)]  # the merged wording is what the caller asks
+    asked += [toward(q, 0.2, 30 + n) for n in range(3)] + [toward(q, 0.5, 40 + n) for n in range(5)]
+    report = kb.upsert([scaling, merged, *others], np.stack(passages), question_vectors=np.stack(asked))
+    target = report.ids[0]
+    assert report.ids[1] == target  # the near-duplicate merged
+    assert not set(tokenize(query)) & set(tokenize(f"{scaling.question} {scaling.answer}"))
+
+    r = Retriever(kb, HashEmbedder(), engine=engine)  # type: ignore[arg-type]
+    hits = r.search_vector(query, q, k=3)
+    assert hits[0].id == target and hits[0].question == scaling.question
+    assert hits[0].wording_score == pytest.approx(0.95, abs=1e-4)
+    assert hits[0].dense_score == pytest.approx(0.80, abs=1e-4) and hits[0].sparse_score is None
+    without = Retriever(kb, HashEmbedder(), engine=engine, wording_weight=0.0)  # type: ignore[arg-type]
+    assert target not in [h.id for h in without.search_vector(query, q, k=3)]
+    assert all(h.wording_score is None for h in without.search_vector(query, q, k=10))
+
+
+@pytest.fixture(scope="module")
+def wording_corpus() -> KnowledgeBase:
+    """60 points over three months, most with several wordings merged in (up to the cap of 4)."""
+    rng = np.random.default_rng(11)
+    kb = KnowledgeBase(KnowledgeBaseConfig(dim=DIM, max_wordings=4))
+    items, passages, asked = [], [], []
+    for n in range(60):
+        passage = unit(rng.normal(size=DIM))
+        for w in range(int(rng.integers(1, 7))):  # wordings of one fact: the same passage vector
+            words = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5))))
+            items.append(
+                qa(f"Wording {w} of {n}: {words}?", f"Answer {n}: {rng.choice(WORDS)}", ts(2024, 3 + n % 3),
+                   language=("en", "ko")[n % 2], business_unit=("clinic", "bakery")[n % 3 % 2],
+                   call=f"call-{n}-{w}", review_status=("unreviewed", "approved")[n % 2])
+            )  # fmt: skip
+            passages.append(passage)
+            asked.append(unit(rng.normal(size=DIM)))
+    kb.upsert(items, np.stack(passages), question_vectors=np.stack(asked))
+    assert kb.count() == 60
+    return kb
+
+
+def test_engines_score_wordings_alike(wording_corpus: KnowledgeBase) -> None:
+    kb = wording_corpus
+    fast = Retriever(kb, HashEmbedder(), engine="numpy", candidates=500)
+    slow = Retriever(kb, HashEmbedder(), engine="qdrant", candidates=500)
+    rng = np.random.default_rng(5)
+    stored = kb.get([h.id for h in fast.search_vector("x", unit(np.ones(DIM)), k=100, distinct=False)])
+    assert len(stored) == 60 and max(len(p.wordings) for p in stored.values()) == 4
+    assert sum(len(p.wordings) > 1 for p in stored.values()) > 30
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("billing refund", {}),
+        ("parking", {"language": "ko"}),
+        ("card price", {"business_unit": "bakery", "review_status": "approved"}),
+    ]
+    for text, filters in cases:
+        q = unit(rng.normal(size=DIM))
+        a = fast.search_vector(text, q, k=100, distinct=False, **filters)
+        b = slow.search_vector(text, q, k=100, distinct=False, **filters)
+        assert a and [h.id for h in a] == [h.id for h in b]
+        for x, y in zip(a, b, strict=True):
+            assert x.score == pytest.approx(y.score, rel=1e-6)
+            assert x.wording_score == pytest.approx(y.wording_score, rel=1e-4, abs=1e-5)
+            # the wording score is the best cosine over the point's wording vectors
+            assert x.wording_score == pytest.approx(float(np.max(stored[x.id].wordings @ q)), abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "qdrant"])
+def test_a_collection_without_wordings_is_searched_without_that_rank(engine: str) -> None:
+    from qdrant_client import models as qm
+
+    kb = KnowledgeBase(KnowledgeBaseConfig(dim=DIM))
+    kb.client.create_collection(  # the layout before wordings
+        kb.collection_name("2024_05"),
+        vectors_config={"dense": qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)},
+        sparse_vectors_config={"sparse": qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+    )
+    emb = HashEmbedder()
+    items = [qa("Do you open on holidays?", "We are closed on public holidays.", ts(2024, 5))]
+    kb.upsert(items, emb.embed(["x"], "passage"), question_vectors=emb.embed(["y"], "query"))
+    hits = Retriever(kb, emb, engine=engine).search("holidays open")  # type: ignore[arg-type]
+    assert [h.question for h in hits] == ["Do you open on holidays?"] and hits[0].wording_score is None

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from pydantic import ValidationError
+from qdrant_client import models as qm
 
 from pipelines.knowledge_base import (
     KnowledgeBase,
@@ -248,3 +249,126 @@ def test_keyword_vectorizer() -> None:
     assert max(doc.values) == pytest.approx(2 * 2.2 / 3.2)  # saturated tf of "password"
     assert v.query("password password") == v.query("Password")
     assert not v.query("the of and")
+
+
+# ------------------------------------------------------------------------------ question wordings
+
+
+def wording_rows(kb: KnowledgeBase, pid: str) -> tuple[list[str], list[int], npt.NDArray[np.float32]]:
+    point = kb.get([pid])[pid]
+    return point.payload["questions"], point.payload["embedded_questions"], point.wordings
+
+
+def test_wordings_are_kept_on_merge_most_said_first(kb: KnowledgeBase) -> None:
+    base = vec(1)
+    own = item("How much is a cleaning?", "c1", ts(2024, 5))
+    first = kb.upsert([own], base[None], run_id="r1", question_vectors=vec(11)[None])
+    pid = first.ids[0]
+    others = [
+        item("What does a teeth cleaning cost?", "c2", ts(2024, 5)),
+        item("Price of a cleaning?", "c3", ts(2024, 5)),
+        item("price of a cleaning", "c4", ts(2024, 5)),  # the same wording (canonical form), 2nd call
+        item("how much is a cleaning", "c5", ts(2024, 5)),  # the point's own wording again
+    ]
+    qv = np.stack([vec(12), vec(13), vec(14), vec(15)])
+    report = kb.upsert(others, np.stack([near(base, 0.05, s) for s in (2, 3, 4, 5)]), run_id="r1",
+                       question_vectors=qv)  # fmt: skip
+    assert report.ids == [pid] * 4 and report.merged == 4
+    questions, embedded, rows = wording_rows(kb, pid)
+    # own first, then by calls that said it (2 > 1), then by canonical form; texts: the least of a form
+    assert questions == [
+        "How much is a cleaning?",
+        "Price of a cleaning?",
+        "What does a teeth cleaning cost?",
+    ]
+    assert embedded == [0, 1, 2]
+    # each wording keeps the first query vector it came with
+    assert np.allclose(rows, np.stack([vec(11), vec(13), vec(12)]), atol=1e-5)
+    assert kb.get([pid])[pid].item.question == "How much is a cleaning?"  # the point's wording stays
+
+
+def test_wordings_are_capped(kb: KnowledgeBase) -> None:
+    capped = KnowledgeBase(KnowledgeBaseConfig(dim=DIM, max_wordings=3))
+    base = vec(1)
+    wordings = ["Is there parking?", "Where do I park?", "Can I park here?", "Any parking nearby?"]
+    items = [item(q, f"c{n}", ts(2024, 5)) for n, q in enumerate(wordings)]
+    items.append(item("Where do I park?", "c9", ts(2024, 5)))  # said twice: ranks before the others
+    vectors = np.stack([base] + [near(base, 0.03, s) for s in range(4)])
+    report = capped.upsert(items, vectors, question_vectors=np.stack([vec(20 + n) for n in range(5)]))
+    assert len(set(report.ids)) == 1
+    questions, embedded, rows = wording_rows(capped, report.ids[0])
+    assert questions == ["Is there parking?", "Where do I park?", "Any parking nearby?"]
+    assert embedded == [0, 1, 2] and rows.shape == (3, DIM)
+    assert np.allclose(rows, np.stack([vec(20), vec(21), vec(23)]), atol=1e-5)
+
+
+def test_wordings_leave_with_their_run_and_reruns_change_nothing(kb: KnowledgeBase) -> None:
+    base = vec(1)
+    r1 = [
+        item("Do you take walk-ins?", "c1", ts(2024, 5, 3)),
+        item("Can I just walk in?", "c2", ts(2024, 5, 3)),
+    ]
+    r1_vectors, r1_asked = np.stack([base, near(base, 0.05)]), np.stack([vec(31), vec(32)])
+    pid = kb.replace_run("d3", r1, r1_vectors, question_vectors=r1_asked).ids[0]
+    r2 = [item("Walk-in appointments possible?", "c3", ts(2024, 5, 9))]
+    kb.replace_run("d9", r2, near(base, 0.05, 7)[None], question_vectors=vec(33)[None])
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert questions == ["Do you take walk-ins?", "Can I just walk in?", "Walk-in appointments possible?"]
+    assert embedded == [0, 1, 2]
+
+    version = kb.version  # the same range again, by either call: nothing changes
+    again = kb.replace_run("d3", r1, r1_vectors, question_vectors=r1_asked)
+    assert (again.inserted, again.merged, again.unchanged, again.removed) == (0, 0, 2, 0)
+    assert (
+        kb.upsert(r2, near(base, 0.05, 7)[None], run_id="d9", question_vectors=vec(33)[None]).unchanged == 1
+    )
+    assert kb.version == version
+
+    # d9 re-run with nothing: its wording (and that wording's vector) goes, d3's stay
+    assert kb.replace_run("d9", [], np.zeros((0, DIM)), question_vectors=np.zeros((0, DIM))).removed == 0
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert questions == ["Do you take walk-ins?", "Can I just walk in?"] and embedded == [0, 1]
+    assert np.allclose(rows, r1_asked, atol=1e-5)
+    # d3 re-run after a fix that no longer finds "Can I just walk in?"
+    kb.replace_run("d3", r1[:1], r1_vectors[:1], question_vectors=r1_asked[:1])
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert questions == ["Do you take walk-ins?"] and embedded == [0]
+    assert np.allclose(rows, r1_asked[:1], atol=1e-5)
+
+
+def test_wordings_without_query_vectors_are_kept_and_embedded_later(kb: KnowledgeBase) -> None:
+    base = vec(1)
+    items = [item("Is parking free?", "c1", ts(2024, 5)), item("Do I pay for parking?", "c2", ts(2024, 5))]
+    vectors = np.stack([base, near(base, 0.05)])
+    pid = kb.upsert(items, vectors).ids[0]  # an older caller: passage vectors only
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert questions == ["Is parking free?", "Do I pay for parking?"] and embedded == [] and rows.size == 0
+    assert kb.upsert(items, vectors).unchanged == 2
+    # the same items with query vectors: the payload now says which wordings have a vector
+    report = kb.upsert(items, vectors, question_vectors=np.stack([vec(41), vec(42)]))
+    assert report.merged == 2
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert embedded == [0, 1] and np.allclose(rows, np.stack([vec(41), vec(42)]), atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        kb.upsert(items, vectors, question_vectors=np.ones((1, DIM)))
+
+
+def test_a_collection_made_before_wordings_still_takes_writes(kb: KnowledgeBase) -> None:
+    name = kb.collection_name("2024_05")
+    kb.client.create_collection(  # the layout before wordings: dense and sparse only
+        name,
+        vectors_config={"dense": qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)},
+        sparse_vectors_config={"sparse": qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+    )
+    assert not kb.has_wordings(name)
+    items = [item("Is parking free?", "c1", ts(2024, 5)), item("Do I pay for parking?", "c2", ts(2024, 5))]
+    vectors = np.stack([vec(1), near(vec(1), 0.05)])
+    pid = kb.upsert(items, vectors, question_vectors=np.stack([vec(2), vec(3)])).ids[0]
+    questions, embedded, rows = wording_rows(kb, pid)
+    assert questions == ["Is parking free?", "Do I pay for parking?"] and embedded == [] and rows.size == 0
+    # a new month's collection gets the wording vector
+    june = kb.upsert(
+        [item("Is parking free?", "c3", ts(2024, 6))], vec(1)[None], question_vectors=vec(2)[None]
+    )
+    assert kb.has_wordings(kb.collection_name("2024_06"))
+    assert wording_rows(kb, june.ids[0])[1] == [0]  # moved: the one vector it has is stored now
