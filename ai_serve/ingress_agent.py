@@ -17,13 +17,17 @@ replica) and the count of live attendants. :meth:`AgentRuntime.open` starts an
 5. ``end``: :meth:`AttendantCall.finish` asks the actor for its summary, drains the pump and kills
    the actor.
 
-A socket lost without ``end`` detaches the call (:meth:`AgentRuntime.detach`): the actor lives on for
-``resume_grace_s``, its audio is dropped and its events and actions (summary, transfer, hang-up) are
-kept. When the edge reconnects to this replica with ``resume`` (it does after a network blip, and to
-deliver ``end`` for a call that ended meanwhile), the call is reattached to the new socket: what was
-kept goes out first and the conversation goes on without a new greeting. Past the grace the call ends
-with reason ``connection_lost`` and what could not be delivered is logged. A resume that reaches
-another replica (or comes too late) gets a new attendant that does not greet again.
+A socket lost without ``end`` detaches the call (:meth:`AgentRuntime.detach`): the actor pauses its
+outputs (:class:`~ai_serve.agents.wire_outbox.WireOutbox`), and what the ingress had taken but could
+not send goes back to it. When the edge reconnects with ``resume`` (after a network blip, and to
+deliver ``end`` for a call that ended meanwhile), Serve's proxy may route it to any ingress replica:
+the replica finds the call's actor (its own detached call, or by name: the actors are named after the
+call in :data:`AGENT_NAMESPACE`) and opens a new output stream on the new socket; what was owed to the
+edge (summary, transfer, hang-up) comes first, stale speech is dropped, and the conversation goes on
+without a new greeting. The replica that lost the socket lets go of the call when its grace
+(``resume_grace_s``) ends; if no resume came, the actor ends the call with reason ``connection_lost``
+and logs what could not be delivered. The actor lives in the Ray worker of the replica that created
+it: if that replica itself is gone, a resume gets a new attendant that does not greet again.
 
 Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
 way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`); the flow's
@@ -56,6 +60,7 @@ from .agents.attendant_actor import AttendantActor, RoleClients, WireItem
 from .agents.attendant_config import AttendantConfig
 from .agents.greetings import GreetingCache, configured_greetings
 from .agents.ivr_host import IvrOptions, greeting_for, static_greetings
+from .agents.wire_outbox import is_speech, reader_token
 from .ingress_call import CallStream
 
 __all__ = ["AgentRuntime", "AttendantCall"]
@@ -66,8 +71,12 @@ SendText = Callable[[str], Awaitable[None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
 _FINISH_TIMEOUT_S = 10.0
 IVR_GREETINGS = "ivr"  # the greeting cache's key for flow and agents greetings (texts tell them apart)
-# Not kept for a resume: they are about speech that was not delivered either
-_SPEECH_CONTROLS = ('{"type":"play"', '{"type":"stop_playback"')
+AGENT_NAMESPACE = "smartpbx-agents"  # the Ray namespace of the per-call agent actors
+
+
+def actor_name(call_id: str) -> str:
+    """The name of ``call_id``'s agent actor (in :data:`AGENT_NAMESPACE`)."""
+    return f"agent-{call_id}"
 
 
 class AgentRuntime:
@@ -133,11 +142,29 @@ class AgentRuntime:
     async def resume(
         self, start: StartMessage, send_text: SendText, send_bytes: SendBytes
     ) -> AttendantCall | None:
-        """The detached call ``start`` resumes, on the new socket; None when there is none here."""
-        call = self.detached.pop(start.call_id, None) if start.resume else None
-        if call is not None:
-            await call.reattach(start, send_text, send_bytes)
+        """The call ``start`` resumes on a new socket with its agent actor, whether this replica or
+        another one started it; None when no actor is left (a new one then starts, without greeting)."""
+        if not start.resume:
+            return None
+        local = self.detached.pop(start.call_id, None)
+        actor = local.release() if local is not None else await self._find_actor(start.call_id)
+        if actor is None:
+            return None
+        call = AttendantCall(self, start, send_text, send_bytes)
+        call.adopt(actor)
+        _LOG.info("call %s: resumed with its agent (%s)", start.call_id,
+                  "kept here" if local is not None else "found by name")  # fmt: skip
         return call
+
+    @staticmethod
+    async def _find_actor(call_id: str) -> Any:
+        """The live agent actor of ``call_id`` (started by any replica), or None."""
+        import ray
+
+        try:
+            return await asyncio.to_thread(ray.get_actor, actor_name(call_id), namespace=AGENT_NAMESPACE)
+        except ValueError:
+            return None
 
     async def open(
         self, start: StartMessage, send_text: SendText, send_bytes: SendBytes
@@ -180,7 +207,7 @@ class AttendantCall:
         self._closed = False
         self._detached = False
         self._grace: asyncio.Task[None] | None = None
-        self.undelivered: list[str] = []  # events and actions kept while detached
+        self._token = reader_token()  # this socket's stream of the actor's outputs
 
     def _as_heard(self, start: StartMessage) -> StartMessage:
         """The STT hears an attendant call in the attendant's language (not "auto"); an IVR call as
@@ -190,20 +217,23 @@ class AttendantCall:
     # -------------------------------------------------------------------------------- lifecycle
 
     async def begin(self) -> None:
-        self._actor = (
-            self.runtime.actor_class()
-            .options(num_cpus=self.config.actor_num_cpus, max_restarts=0)
-            .remote(
-                self.start.to_json(),
-                self.config.model_dump(),
-                self.runtime.ivr.model_dump() if self.ivr else None,
+        args = (
+            self.start.to_json(),
+            self.config.model_dump(),
+            self.runtime.ivr.model_dump() if self.ivr else None,
+        )
+        options: dict[str, Any] = {"num_cpus": self.config.actor_num_cpus, "max_restarts": 0}
+        actor_class = self.runtime.actor_class()
+        try:  # named, so that a resume through another replica finds it
+            actor = actor_class.options(
+                **options, name=actor_name(self.start.call_id), namespace=AGENT_NAMESPACE
+            ).remote(*args)
+        except ValueError:  # the name is taken: a second start of a live call without resume
+            _LOG.warning(
+                "call %s: an agent of this call id lives on; this one is not named", self.start.call_id
             )
-        )
-        self.runtime.active += 1
-        outputs = self._actor.run.options(num_returns="streaming").remote()
-        self._pump = asyncio.create_task(
-            self._pump_outputs(outputs), name=f"attendant-pump-{self.start.call_id}"
-        )
+            actor = actor_class.options(**options).remote(*args)
+        self._follow(actor, resumed=False)
         if self.start.resume:
             return  # a reconnection: the caller was greeted already
         key, language, text = self.extension_key, self.language, self.greeting_text
@@ -243,30 +273,50 @@ class AttendantCall:
             _LOG.warning("call %s: attendant did not finish cleanly: %r", self.start.call_id, exc)
         await self.cancel()
 
+    def adopt(self, actor: Any) -> None:
+        """Go on with the call's existing agent ``actor`` (a resume): its outputs come to this socket
+        from now on, what was owed to the edge first; nobody greets."""
+        self._follow(actor, resumed=True)
+
+    def _follow(self, actor: Any, resumed: bool) -> None:
+        self._actor = actor
+        self.runtime.active += 1
+        outputs = actor.run.options(num_returns="streaming").remote(self._token, resumed)
+        self._pump = asyncio.create_task(
+            self._pump_outputs(outputs), name=f"attendant-pump-{self.start.call_id}"
+        )
+
     def detach(self, grace_s: float, forget: Callable[[], object]) -> None:
-        """The socket is gone: keep the actor ``grace_s`` for a resume, then end (``forget`` first)."""
+        """The socket is gone: the actor keeps its outputs for a resume (here or through another
+        replica); after ``grace_s`` without one the call ends (``forget`` first)."""
         self._detached = True
+        self._actor.pause.remote(self._token)
         self._grace = asyncio.create_task(self._expire(grace_s, forget), name=f"grace-{self.start.call_id}")
 
     async def _expire(self, grace_s: float, forget: Callable[[], object]) -> None:
         await asyncio.sleep(grace_s)
         forget()
-        await self.finish("connection_lost")
-        for text in self.undelivered:
-            _LOG.warning("call %s: not delivered (no resume): %s", self.start.call_id, text[:4000])
+        try:  # the actor ends the session and logs what it could not deliver, unless resumed elsewhere
+            async with asyncio.timeout(_FINISH_TIMEOUT_S):
+                expired = bool(await self._actor.expire.remote(self._token, "connection_lost"))
+        except Exception as exc:
+            _LOG.warning("call %s: the agent did not end cleanly: %r", self.start.call_id, exc)
+            expired = True
+        if expired:
+            await self.cancel()
+        else:
+            self.release()
 
-    async def reattach(self, start: StartMessage, send_text: SendText, send_bytes: SendBytes) -> None:
-        """The edge resumed the call on a new socket: what was kept goes out, then the rest."""
-        if self._grace is not None:
+    def release(self) -> Any:
+        """Let go of the call without ending it (another socket goes on with it); its actor."""
+        if self._grace is not None and self._grace is not asyncio.current_task():
             self._grace.cancel()
-        self.start = self._as_heard(start)
-        self._send_text, self._send_bytes = send_text, send_bytes
-        self._caller_utterances = 0  # the new socket's stream counts its utterances from zero
-        kept, self.undelivered = self.undelivered, []
-        self._detached = False
-        for text in kept:
-            await self._deliver("json", text)
-        _LOG.info("call %s: resumed with its attendant (%d kept messages sent)", start.call_id, len(kept))
+        if not self._closed:
+            self._closed = True
+            self.runtime.active -= 1
+            if self._pump is not None:
+                self._pump.cancel()
+        return self._actor
 
     async def cancel(self) -> None:
         """The call ended (or could not start): stop the pump, kill the actor."""
@@ -347,7 +397,8 @@ class AttendantCall:
             _LOG.warning("call %s: attendant output stream failed: %r", self.start.call_id, exc)
 
     async def _deliver(self, kind: str, payload: Any) -> None:
-        """Send one item; while detached (or when the socket fails) keep what is not speech."""
+        """Send one item; one that cannot be sent (detached, or the socket failed) goes back to the
+        actor for the stream of a resume (speech is dropped there)."""
         try:
             if self._detached:
                 raise ConnectionError("detached")
@@ -356,8 +407,8 @@ class AttendantCall:
             else:
                 await self._send_audio(payload)
         except Exception:
-            if kind == "json" and not payload.startswith(_SPEECH_CONTROLS) and len(self.undelivered) < 200:
-                self.undelivered.append(payload)
+            if not is_speech((kind, payload)):
+                self._actor.give_back.remote(kind, payload)
 
     async def _send_audio(self, pcm: bytes) -> None:
         """PCM for the caller leg in messages of at most ``audio_message_s``."""

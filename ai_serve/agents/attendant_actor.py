@@ -12,7 +12,9 @@ sends (:mod:`ai_serve.ingress_agent`).
 
 :class:`AttendantActor` is the actor's body (``ray.remote(AttendantActor)``, created by the ingress
 when a call starts in mode ``attendant`` or ``ivr``, killed when it ends): :meth:`AttendantActor.run`
-is a streaming method the ingress reads the outputs from; the other methods are the inputs. In mode
+is a streaming method the ingress reads the outputs from, one stream per socket of the call (a resume
+opens a new one, through any ingress replica: :mod:`ai_serve.agents.wire_outbox`); ``pause``,
+``give_back`` and ``expire`` serve a lost socket; the other methods are the inputs. In mode
 ``ivr`` the session and what it holds (tools, audit log) come from :mod:`ai_serve.agents.ivr_host`.
 :class:`RoleClients` wraps the role deployments of the ``smartpbx-roles`` app (TTS, retriever, LLM).
 """
@@ -34,6 +36,7 @@ from .attendant_config import AttendantConfig, Language
 from .conversation import Output, Say
 from .greetings import to_16k
 from .session import AttendedSession, KeypadSession, Session
+from .wire_outbox import WireItem, WireOutbox
 
 if TYPE_CHECKING:
     from .ivr_host import HostedSession
@@ -42,7 +45,6 @@ __all__ = ["AttendantActor", "AttendantLoop", "Chat", "RoleClients", "WireItem",
 
 _LOG = logging.getLogger(__name__)
 
-WireItem = tuple[Literal["json", "audio"], Any]
 Chat = Callable[..., Awaitable[dict[str, Any]]]  # LlmDeployment.chat: messages, **options -> ChatResult dict
 _Input = tuple[str, tuple[Any, ...]]
 _CHECK_SCHEMA = {
@@ -89,7 +91,7 @@ class AttendantLoop:
         self.attendant = attendant  # the session (named for the first one hosted)
         self._clock = clock
         self._inbox: asyncio.Queue[_Input | None] = asyncio.Queue()
-        self.outbox: asyncio.Queue[WireItem | None] = asyncio.Queue()
+        self.outbox = WireOutbox()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -146,17 +148,19 @@ class AttendantLoop:
             if job is not None and job[0] == "heard" and late is not None:
                 late(job[1][0])
         self._put(self.attendant.finish(reason))
-        self.outbox.put_nowait(None)
+        self.outbox.put(None)
 
-    async def outputs(self) -> AsyncIterator[WireItem]:
-        """The wire items until :meth:`finish`."""
+    async def outputs(self, token: str = "", resumed: bool = False) -> AsyncIterator[WireItem]:
+        """The wire items until :meth:`finish`, for reader ``token`` (see :class:`WireOutbox`: a newer
+        reader, or a pause, ends this one)."""
         self.start()
-        while (item := await self.outbox.get()) is not None:
+        self.outbox.open(token, resumed)
+        async for item in self.outbox.read(token):
             yield item
 
     def _put(self, outputs: list[Output]) -> None:
         for item in wire_items(outputs):
-            self.outbox.put_nowait(item)
+            self.outbox.put(item)
 
     async def _run(self) -> None:
         attendant = self.attendant
@@ -270,13 +274,38 @@ class AttendantActor:
                 clock=time.monotonic,
             )
         self.loop = AttendantLoop(session)
+        self._hosted_started = False
 
-    async def run(self) -> AsyncIterator[WireItem]:
-        """The outputs, streamed (``actor.run.options(num_returns="streaming").remote()``)."""
-        if self.hosted is not None:
+    async def run(self, token: str = "", resumed: bool = False) -> AsyncIterator[WireItem]:
+        """The outputs, streamed (``actor.run.options(num_returns="streaming").remote(token)``) to the
+        ingress holding the call's socket; a resume (``resumed``, through any ingress replica) opens a
+        new stream, which ends the older one (:class:`~ai_serve.agents.wire_outbox.WireOutbox`)."""
+        if self.hosted is not None and not self._hosted_started:
+            self._hosted_started = True
             await self.hosted.start()
-        async for item in self.loop.outputs():
+        async for item in self.loop.outputs(token, resumed):
             yield item
+
+    async def pause(self, token: str) -> bool:
+        """``token``'s stream lost its socket: outputs wait for a resume (False: another took over)."""
+        return self.loop.outbox.pause(token)
+
+    async def give_back(self, kind: Literal["json", "audio"], payload: Any) -> None:
+        """An output the ingress took and could not send: the next stream gets it first."""
+        self.loop.outbox.give_back((kind, payload))
+
+    async def expire(self, token: str, reason: str) -> bool:
+        """No resume came within the grace after ``token``'s stream paused: end the session with
+        ``reason`` and log what could not be delivered. False, doing nothing, when a resume took
+        the call over meanwhile (possibly on another ingress replica)."""
+        outbox = self.loop.outbox
+        if not outbox.unclaimed_since(token):
+            return False
+        await self.finish(reason)
+        call_id = self.loop.attendant.start.call_id
+        for _, text in outbox.undelivered():
+            _LOG.warning("call %s: not delivered (no resume): %s", call_id, str(text)[:4000])
+        return True
 
     async def greet(self) -> None:
         self.loop.greet()

@@ -1,46 +1,32 @@
-"""A call whose socket is lost without ``end`` (ai_serve/ingress_agent.py): its attendant is kept for a
-resume; what it says meanwhile is kept (speech dropped), delivered on the new socket, or logged when
-no resume comes within the grace. The actor here is a stand-in recording its calls: the ingress side
-is what is under test (tests/e2e/test_attendant_ws.py resumes a live call)."""
+"""A call whose socket is lost without ``end`` (ai_serve/ingress_agent.py), with the real agent actor on
+the session's local Ray cluster (``serve_app``). Two :class:`AgentRuntime` objects play two ingress
+replicas: Serve's proxy may route the edge's ``resume`` to either. The call's actor keeps what it owes
+the edge while nobody reads; the resume finds it (by name when another replica started it), gets that
+first and goes on; the first replica's grace then ends without touching the call. Without a resume the
+call ends when the grace runs out. (tests/e2e/test_attendant_ws.py resumes a live call end to end.)
+
+The calls start as resumes themselves (``resume: true``), so no greeting needs the TTS role."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import pytest
 
 from ai_serve.agents.attendant_config import AttendantConfig
-from ai_serve.ingress_agent import AgentRuntime, AttendantCall
-from pbx_edge.ai_link.protocol import AgentEvent, HangupAction, PlayAction, StartMessage
+from ai_serve.ingress_agent import AGENT_NAMESPACE, AgentRuntime, AttendantCall, actor_name
+from pbx_edge.ai_link.protocol import AgentEvent, StartMessage
+from tests.serve_cluster import ServeApp
 
+pytestmark = pytest.mark.timeout(180)
 
-class _Method:
-    def __init__(self, name: str, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
-        self.name, self.calls = name, calls
-
-    def remote(self, *args: Any) -> Any:
-        self.calls.append((self.name, args))
-
-        async def done() -> None:
-            return None
-
-        return done()
-
-
-class _Actor:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(name, self.calls)
+OWED = AgentEvent(name="attendant.summary", data={"reason": "earlier"}).to_json()
 
 
 class _Socket:
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.binary = 0
         self.broken = False
 
     async def text(self, data: str) -> None:
@@ -51,59 +37,81 @@ class _Socket:
     async def bytes(self, data: bytes) -> None:
         if self.broken:
             raise ConnectionResetError("gone")
-        self.binary += 1
 
 
-START = StartMessage(call_id="c-1", caller="1001", callee="201", language="en", mode="attendant")
-SUMMARY = AgentEvent(name="attendant.summary", data={"reason": "x"}).to_json()
-HANGUP = HangupAction(reason="attendant_completed").to_json()
-PLAY = PlayAction(leg="caller", text="Hello").to_json()
-
-
-def _call(grace: float) -> tuple[AgentRuntime, AttendantCall, _Socket, _Actor]:
-    runtime = AgentRuntime(AttendantConfig(resume_grace_s=grace))
-    socket, actor = _Socket(), _Actor()
-    call = AttendantCall(runtime, START, socket.text, socket.bytes)
-    call._actor = actor
-    return runtime, call, socket, actor
-
-
-async def test_a_resumed_call_gets_what_was_kept_on_the_new_socket() -> None:
-    runtime, call, first, actor = _call(grace=30.0)
-    await call._deliver("json", PLAY)
-    first.broken = True
-    await call._deliver("json", SUMMARY)  # the socket failed under it: kept
-    runtime.detach(call)
-    for kind, payload in (("json", PLAY), ("audio", b"\0" * 640), ("json", HANGUP)):
-        await call._deliver(kind, payload)  # speech dropped, the rest kept
-    assert call.undelivered == [SUMMARY, HANGUP] and runtime.detached == {"c-1": call}
-    second = _Socket()
-    resumed = await runtime.resume(START.model_copy(update={"resume": True}), second.text, second.bytes)
-    assert resumed is call and runtime.detached == {} and call.start.resume
-    assert second.texts == [SUMMARY, HANGUP] and call.undelivered == []
-    await call._deliver("json", PLAY)
-    assert second.texts[-1] == PLAY and first.texts == [PLAY]
-    await asyncio.sleep(0)
-    assert ("finish", ("connection_lost",)) not in actor.calls  # the grace was called off
-
-
-async def test_without_a_resume_the_call_ends_and_what_was_kept_is_logged(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    runtime, call, _, actor = _call(grace=0.05)
-    runtime.detach(call)
-    await call._deliver("json", SUMMARY)
-    with caplog.at_level(logging.WARNING, logger="ai_serve.ingress_agent"):
-        for _ in range(100):
-            if call._closed:
-                break
-            await asyncio.sleep(0.02)
-    assert call._closed and runtime.detached == {}
-    assert ("finish", ("connection_lost",)) in actor.calls
-    assert any(
-        "not delivered" in r.getMessage() and "attendant.summary" in r.getMessage() for r in caplog.records
+def _start(call_id: str) -> StartMessage:
+    return StartMessage(
+        call_id=call_id, caller="1001", callee="201", language="en", mode="attendant", resume=True
     )
-    assert (
-        await runtime.resume(START.model_copy(update={"resume": True}), _Socket().text, _Socket().bytes)
-        is None
-    )
+
+
+async def _open(runtime: AgentRuntime, call_id: str, socket: _Socket) -> AttendantCall:
+    call = await runtime.open(_start(call_id), socket.text, socket.bytes)
+    assert call is not None
+    return call
+
+
+async def _until(predicate: Any, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def _alive(call_id: str) -> bool:
+    import ray
+
+    try:
+        await asyncio.to_thread(ray.get_actor, actor_name(call_id), namespace=AGENT_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+async def _gone(call_id: str) -> bool:
+    return not await _alive(call_id)
+
+
+async def test_a_resume_through_another_replica_goes_on_with_the_same_agent(serve_app: ServeApp) -> None:
+    first, second = AgentRuntime(AttendantConfig(resume_grace_s=0.5)), AgentRuntime(AttendantConfig())
+    lost, new = _Socket(), _Socket()
+    call = await _open(first, "resume-1", lost)
+    assert await _alive("resume-1")
+    lost.broken = True
+    await call._deliver("json", OWED)  # taken from the actor as the socket broke: handed back to it
+    first.detach(call)
+    resumed = await second.resume(_start("resume-1"), new.text, new.bytes)
+    assert resumed is not None and resumed is not call and second.active == 1
+
+    async def owed_first() -> bool:
+        return OWED in new.texts
+
+    await _until(owed_first)  # what was owed comes first on the new socket
+    await asyncio.sleep(1.0)  # the first replica's grace runs out: the call has been taken over
+    assert first.detached == {} and first.active == 0 and await _alive("resume-1")
+    await resumed.finish("caller_hangup")  # the edge's end, on the new socket: the summary comes there
+    summaries = [t for t in new.texts if '"attendant.summary"' in t]
+    assert len(summaries) == 2 and '"caller_hangup"' in summaries[-1], new.texts
+    assert lost.texts == [] and second.active == 0
+    await _until(lambda: _gone("resume-1"))
+
+
+async def test_a_resume_on_the_same_replica_and_none_at_all(serve_app: ServeApp) -> None:
+    runtime = AgentRuntime(AttendantConfig(resume_grace_s=0.3))
+    lost, new = _Socket(), _Socket()
+    call = await _open(runtime, "resume-2", lost)
+    lost.broken = True
+    runtime.detach(call)
+    resumed = await runtime.resume(_start("resume-2"), new.text, new.bytes)
+    assert resumed is not None and runtime.detached == {} and runtime.active == 1
+    await asyncio.sleep(0.6)  # past the old socket's grace: nothing ended
+    assert await _alive("resume-2")
+    # now this socket goes too, and no resume comes: the call ends with the grace
+    new.broken = True
+    runtime.detach(resumed)
+
+    async def ended() -> bool:
+        return runtime.active == 0 and runtime.detached == {}
+
+    await _until(ended)
+    await _until(lambda: _gone("resume-2"))
+    assert await runtime.resume(_start("resume-2"), _Socket().text, _Socket().bytes) is None
