@@ -115,3 +115,19 @@ async def test_a_resume_on_the_same_replica_and_none_at_all(serve_app: ServeApp)
     await _until(ended)
     await _until(lambda: _gone("resume-2"))
     assert await runtime.resume(_start("resume-2"), _Socket().text, _Socket().bytes) is None
+
+
+async def test_a_second_start_of_a_live_call_gets_its_own_agent(serve_app: ServeApp) -> None:
+    """A start without resume for a call id whose agent lives on (the name is taken): the new call
+    gets an agent of its own, unnamed, and ending it leaves the first alone."""
+    runtime = AgentRuntime(AttendantConfig())
+    one, two = _Socket(), _Socket()
+    first = await _open(runtime, "resume-3", one)
+    second = await _open(runtime, "resume-3", two)
+    assert runtime.active == 2 and second._actor is not first._actor
+    await second.finish("caller_hangup")
+    assert any('"attendant.summary"' in t for t in two.texts) and one.texts == []
+    assert await _alive("resume-3")  # the named one is the first call's
+    await first.finish("caller_hangup")
+    assert any('"attendant.summary"' in t for t in one.texts) and runtime.active == 0
+    await _until(lambda: _gone("resume-3"))
