@@ -68,6 +68,13 @@ class RetrieverDeployment:
         self.retriever = self._new_retriever()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieve")
         _LOG.info("retriever replica ready: %s, %s engine", self.embedder.model_name, self.retriever.engine)
+        older = [name for name in self.kb.collections() if not self.kb.has_wordings(name)]
+        if older:  # a base built before the wording rank: searched without it until re-extracted
+            _LOG.warning(
+                "knowledge base collections %s predate question wordings: re-extract their range "
+                "(smartpbx pipeline extract) into a new base to search every wording callers used",
+                ", ".join(older),
+            )
 
     async def search(
         self,

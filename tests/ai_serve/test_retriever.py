@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -430,3 +431,29 @@ def test_a_collection_without_wordings_is_searched_without_that_rank(engine: str
     kb.upsert(items, emb.embed(["x"], "passage"), question_vectors=emb.embed(["y"], "query"))
     hits = Retriever(kb, emb, engine=engine).search("holidays open")  # type: ignore[arg-type]
     assert [h.question for h in hits] == ["Do you open on holidays?"] and hits[0].wording_score is None
+
+
+def test_the_deployment_says_which_collections_predate_wordings(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from qdrant_client import models as qm
+
+    config = KnowledgeBaseConfig(dim=DIM, path=str(tmp_path / "kb"))
+    writer = KnowledgeBase(config)
+    old = writer.collection_name("2024_05")
+    writer.client.create_collection(  # the layout before wordings
+        old,
+        vectors_config={"dense": qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)},
+        sparse_vectors_config={"sparse": qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+    )
+    emb = HashEmbedder()
+    add(writer, [qa("Is parking free?", "Yes, for patients.", ts(2024, 6))], emb)  # a new month: new layout
+    writer.close()
+    cls = cast(Any, RetrieverDeployment).func_or_class
+    with caplog.at_level(logging.WARNING, logger="ai_serve.deployments.retriever"):
+        dep = cls({"knowledge_base": config.model_dump()}, embedder=emb)
+    try:
+        (warning,) = [r.getMessage() for r in caplog.records if "predate question wordings" in r.getMessage()]
+        assert old in warning and writer.collection_name("2024_06") not in warning
+    finally:
+        dep.__del__()
