@@ -26,8 +26,10 @@ call in :data:`AGENT_NAMESPACE`) and opens a new output stream on the new socket
 edge (summary, transfer, hang-up) comes first, stale speech is dropped, and the conversation goes on
 without a new greeting. The replica that lost the socket lets go of the call when its grace
 (``resume_grace_s``) ends; if no resume came, the actor ends the call with reason ``connection_lost``
-and logs what could not be delivered. The actor lives in the Ray worker of the replica that created
-it: if that replica itself is gone, a resume gets a new attendant that does not greet again.
+and logs what could not be delivered. The actor is detached, so a call outlives the replica that
+started it (a rolling update, a scale-down, a crash) and resumes through another; the ingress kills
+it at the call's end, and it ends itself when no socket renews its lease (``lease_s``) and no
+resume comes within the grace.
 
 Mode ``ivr`` (when the app's :class:`~ai_serve.agents.ivr_host.IvrOptions` are enabled) runs the same
 way with an IVR or multi-agent session in the actor (:mod:`ai_serve.agents.ivr_host`); the flow's
@@ -199,6 +201,7 @@ class AttendantCall:
         self._send_text, self._send_bytes = send_text, send_bytes
         self._actor: Any = None
         self._pump: asyncio.Task[None] | None = None
+        self._lease: asyncio.Task[None] | None = None
         self._seq = 0
         self._media = 0
         self._caller_utterances = 0
@@ -222,7 +225,11 @@ class AttendantCall:
             self.config.model_dump(),
             self.runtime.ivr.model_dump() if self.ivr else None,
         )
-        options: dict[str, Any] = {"num_cpus": self.config.actor_num_cpus, "max_restarts": 0}
+        # Detached: the call outlives this replica (a rolling update, a scale-down); the actor ends
+        # itself when nobody renews its lease (AttendantActor._watch).
+        options: dict[str, Any] = {
+            "num_cpus": self.config.actor_num_cpus, "max_restarts": 0, "lifetime": "detached",
+        }  # fmt: skip
         actor_class = self.runtime.actor_class()
         try:  # named, so that a resume through another replica finds it
             actor = actor_class.options(
@@ -285,6 +292,13 @@ class AttendantCall:
         self._pump = asyncio.create_task(
             self._pump_outputs(outputs), name=f"attendant-pump-{self.start.call_id}"
         )
+        self._lease = asyncio.create_task(self._renew(), name=f"attendant-lease-{self.start.call_id}")
+
+    async def _renew(self) -> None:
+        """Renew this socket's lease on the actor while the socket lives."""
+        while not (self._closed or self._detached):
+            self._actor.renew.remote(self._token)
+            await asyncio.sleep(self.config.lease_s)
 
     def detach(self, grace_s: float, forget: Callable[[], object]) -> None:
         """The socket is gone: the actor keeps its outputs for a resume (here or through another
@@ -314,8 +328,9 @@ class AttendantCall:
         if not self._closed:
             self._closed = True
             self.runtime.active -= 1
-            if self._pump is not None:
-                self._pump.cancel()
+            for task in (self._pump, self._lease):
+                if task is not None:
+                    task.cancel()
         return self._actor
 
     async def cancel(self) -> None:
@@ -327,6 +342,8 @@ class AttendantCall:
             self._grace.cancel()
         if self._actor is not None:
             self.runtime.active -= 1
+        if self._lease is not None:
+            self._lease.cancel()
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(BaseException):

@@ -95,6 +95,11 @@ class AttendantLoop:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """:meth:`finish` was called: the session takes no more inputs."""
+        return self._closed
+
     # inputs ------------------------------------------------------------------------------------
 
     def greet(self) -> None:
@@ -275,6 +280,41 @@ class AttendantActor:
             )
         self.loop = AttendantLoop(session)
         self._hosted_started = False
+        self._call_id = start.call_id
+        self._renewed = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def renew(self, token: str) -> None:
+        """The reader ``token`` is alive (see :meth:`_watch`)."""
+        if self.loop.outbox.reader == token:
+            self._renewed = time.monotonic()
+
+    async def _watch(self) -> None:
+        """The actor outlives the replica that created it (a detached actor: a resume through another
+        replica can still find it), so it must end itself when nobody holds the call: a reader that
+        stopped renewing its lease for two periods counts as lost (its replica died without a word),
+        and a call nobody reads for ``resume_grace_s`` ends as ``connection_lost``, as when the
+        replica that lost the socket is alive to say so."""
+        outbox, lease = self.loop.outbox, self.config.lease_s
+        unread_since: float | None = None
+        while not (outbox.ended or self.loop.closed):
+            await asyncio.sleep(min(lease, max(self.config.resume_grace_s, 0.05)) / 2)
+            now = time.monotonic()
+            if outbox.reader is not None and now - self._renewed > 2 * lease:
+                outbox.pause(outbox.reader)
+            if outbox.reader is not None:
+                unread_since = None
+                continue
+            unread_since = unread_since if unread_since is not None else now
+            last = outbox.last_reader
+            if now - unread_since < self.config.resume_grace_s or last is None:
+                continue
+            if await self.expire(last, "connection_lost"):
+                _LOG.warning("call %s: nobody held the call; the agent ends itself", self._call_id)
+                import ray
+
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     async def run(self, token: str = "", resumed: bool = False) -> AsyncIterator[WireItem]:
         """The outputs, streamed (``actor.run.options(num_returns="streaming").remote(token)``) to the
@@ -283,6 +323,9 @@ class AttendantActor:
         if self.hosted is not None and not self._hosted_started:
             self._hosted_started = True
             await self.hosted.start()
+        self._renewed = time.monotonic()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="agent-watchdog")
         async for item in self.loop.outputs(token, resumed):
             yield item
 
@@ -302,9 +345,8 @@ class AttendantActor:
         if not outbox.unclaimed_since(token):
             return False
         await self.finish(reason)
-        call_id = self.loop.attendant.start.call_id
         for _, text in outbox.undelivered():
-            _LOG.warning("call %s: not delivered (no resume): %s", call_id, str(text)[:4000])
+            _LOG.warning("call %s: not delivered (no resume): %s", self._call_id, str(text)[:4000])
         return True
 
     async def greet(self) -> None:

@@ -185,6 +185,9 @@ class AttendantConfig(_Options):
     # A socket lost without ``end``: the call's actor waits this long for the edge to resume it
     # (then the conversation goes on, and what it said meanwhile is delivered) before it ends.
     resume_grace_s: float = Field(30.0, ge=0)
+    # The ingress holding the call's socket renews a lease on the actor this often; an actor whose
+    # reader stopped renewing for two periods (its replica died) counts its socket as lost.
+    lease_s: float = Field(10.0, gt=0)
     warm_greetings: bool = True  # synthesize the listed extensions' greetings before the first call
 
     @field_validator("extensions")

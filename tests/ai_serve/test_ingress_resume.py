@@ -131,3 +131,33 @@ async def test_a_second_start_of_a_live_call_gets_its_own_agent(serve_app: Serve
     await first.finish("caller_hangup")
     assert any('"attendant.summary"' in t for t in one.texts) and runtime.active == 0
     await _until(lambda: _gone("resume-3"))
+
+
+def _die(call: AttendantCall) -> None:
+    """The replica holding ``call`` dies: no detach, no grace, its lease stops renewing."""
+    call._closed = True
+    for task in (call._pump, call._lease):
+        assert task is not None
+        task.cancel()
+
+
+async def test_a_call_outlives_a_replica_that_dies_without_a_word(serve_app: ServeApp) -> None:
+    """The agent is detached: a resume through another replica goes on with it; without a resume the
+    agent sees its lease run out, waits the grace, and ends itself."""
+    config = AttendantConfig(resume_grace_s=1.0, lease_s=0.2)
+    dead, other = AgentRuntime(config), AgentRuntime(config)
+    _die(await _open(dead, "resume-4", _Socket()))
+    await asyncio.sleep(0.6)  # past two lease periods
+    new = _Socket()
+    resumed = await other.resume(_start("resume-4"), new.text, new.bytes)
+    assert resumed is not None
+    await asyncio.sleep(1.5)  # past the grace: the call is held again, nothing ends
+    assert await _alive("resume-4")
+    await resumed.finish("caller_hangup")
+    assert any('"attendant.summary"' in t and '"caller_hangup"' in t for t in new.texts), new.texts
+    await _until(lambda: _gone("resume-4"))
+
+    t0 = asyncio.get_running_loop().time()
+    _die(await _open(dead, "resume-5", _Socket()))
+    await _until(lambda: _gone("resume-5"))  # lease out (~0.4 s), then the grace (1 s)
+    assert asyncio.get_running_loop().time() - t0 > 1.0
