@@ -59,11 +59,8 @@ from __future__ import annotations
 
 import re
 import threading
-import unicodedata
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -72,6 +69,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from .kb_points import (
+    NAMESPACE,
+    canonical_key,
+    canonical_question,
+    derive_payload,
+    merge_item,
+    month_of,
+    new_payload,
+    point_id,
+)
 from .models import QAItem
 from .sparse import KeywordVectorizer, SparseTerms
 
@@ -87,7 +94,6 @@ __all__ = [
     "point_id",
 ]
 
-NAMESPACE = uuid.UUID("5b8f0c1e-7a43-5d0e-9a5e-2f6c1b9d4e21")  # fixed forever: ids depend on it
 _INDEXED = ("language", "business_unit", "review_status", "run_ids")
 _ITEM_FIELDS = tuple(QAItem.model_fields)
 
@@ -149,77 +155,6 @@ class StoredPoint:
     @property
     def item(self) -> QAItem:
         return QAItem.model_validate({k: self.payload[k] for k in _ITEM_FIELDS if k in self.payload})
-
-
-def canonical_question(question: str) -> str:
-    """The form two extractions of the same question share: NFKC, casefold, no punctuation/symbols."""
-    text = unicodedata.normalize("NFKC", question).casefold()
-    return " ".join("".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text).split())
-
-
-def canonical_key(language: str, business_unit: str | None, question: str) -> str:
-    """``language|business unit|canonical question``: what a point id is derived from."""
-    return f"{language}|{(business_unit or '').strip().casefold()}|{canonical_question(question)}"
-
-
-def point_id(language: str, business_unit: str | None, question: str) -> str:
-    """The deterministic point id of a fact (uuid5 of :func:`canonical_key`, the same in every process)."""
-    return str(uuid.uuid5(NAMESPACE, canonical_key(language, business_unit, question)))
-
-
-def month_of(ts: float) -> str:
-    """``YYYY_MM`` of a UNIX time (UTC)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y_%m")
-
-
-def _derive(payload: dict[str, Any], max_wordings: int) -> dict[str, Any]:
-    """Recompute the fields that follow from ``runs`` (sources, support, first/last seen, wordings)."""
-    runs: dict[str, dict[str, Any]] = payload["runs"]
-    said: dict[str, tuple[str, set[str]]] = {}  # canonical wording -> (its text, calls that said it)
-    for r in runs.values():
-        for canon, entry in r.get("wordings", {}).items():
-            text, calls = said.get(canon, (entry["text"], set()))
-            said[canon] = (min(text, entry["text"]), calls | set(entry["calls"]))
-    own = canonical_question(payload["question"])
-    others = sorted((c for c in said if c != own), key=lambda c: (-len(said[c][1]), c))
-    payload["questions"] = [payload["question"], *(said[c][0] for c in others)][:max_wordings]
-    calls = sorted({c for r in runs.values() for c in r["calls"]})
-    payload["source_call_ids"] = calls
-    payload["support"] = max(len(calls), 1)
-    if runs:
-        payload["first_seen"] = min(r["first_seen"] for r in runs.values())
-        payload["last_seen"] = max(r["last_seen"] for r in runs.values())
-    payload["run_ids"] = sorted(runs)
-    payload["month"] = month_of(payload["last_seen"])
-    return payload
-
-
-def _new_payload(item: QAItem) -> dict[str, Any]:
-    payload = item.model_dump(mode="json")
-    payload.update(runs={}, key=canonical_key(item.language, item.business_unit, item.question))
-    return payload
-
-
-def _merge(payload: dict[str, Any], item: QAItem, run_id: str, max_wordings: int) -> dict[str, Any]:
-    """``item`` merged into a copy of ``payload`` (question, answer, review status kept; the item's
-    question wording recorded under the run)."""
-    out = dict(payload)
-    runs = {k: dict(v) for k, v in payload["runs"].items()}
-    run = runs.setdefault(run_id, {"calls": [], "first_seen": item.first_seen, "last_seen": item.last_seen})
-    run["calls"] = sorted(set(run["calls"]) | set(item.source_call_ids))
-    run["first_seen"] = min(run["first_seen"], item.first_seen)
-    run["last_seen"] = max(run["last_seen"], item.last_seen)
-    wordings = dict(run.get("wordings", {}))
-    canon = canonical_question(item.question)
-    seen = wordings.get(canon, {"text": item.question, "calls": []})
-    wordings[canon] = {
-        "text": min(seen["text"], item.question),
-        "calls": sorted(set(seen["calls"]) | set(item.source_call_ids)),
-    }
-    run["wordings"] = wordings
-    out["runs"] = runs
-    out["labels"] = list(payload["labels"]) + [x for x in item.labels if x not in payload["labels"]]
-    return _derive(out, max_wordings)
 
 
 def _stored_wordings(point: StoredPoint) -> dict[str, npt.NDArray[np.float32]]:
@@ -549,7 +484,7 @@ class KnowledgeBase:
             for name in self.collections():
                 for sp, _ in self.points(name, scroll_filter=run_filter, with_wordings=True):
                     runs = {k: v for k, v in sp.payload["runs"].items() if k != run_id}
-                    payload = _derive({**sp.payload, "runs": runs}, cap) if runs else None
+                    payload = derive_payload({**sp.payload, "runs": runs}, cap) if runs else None
                     pending[sp.id] = stored(sp, payload)
         load(self.get([point_id(i.language, i.business_unit, i.question) for i in items]))
 
@@ -567,7 +502,7 @@ class KnowledgeBase:
             if entry is None:
                 entry = pending[pid] = _Pending(None, vector, None, None)
             if entry.payload is None:  # new, or emptied by drop_run: this item's wording and vector
-                base = _new_payload(item)
+                base = new_payload(item)
                 if entry.original is not None:  # keep what a reviewer decided about the revived point
                     for key in ("question", "answer", "review_status", "labels"):
                         base[key] = entry.original[key]
@@ -575,7 +510,7 @@ class KnowledgeBase:
                 else:
                     entry.vector = vector
                 entry.payload = base
-            entry.payload = _merge(entry.payload, item, run_id, cap)
+            entry.payload = merge_item(entry.payload, item, run_id, cap)
             if asked is not None:  # the first vector of a wording stays (a re-run changes nothing)
                 entry.wordings.setdefault(canonical_question(item.question), asked[n])
             entry.items.append(n)
