@@ -327,7 +327,8 @@ class AttendantCall:
             self._grace.cancel()
         if not self._closed:
             self._closed = True
-            self.runtime.active -= 1
+            if self._actor is not None:
+                self.runtime.active -= 1
             for task in (self._pump, self._lease):
                 if task is not None:
                     task.cancel()
@@ -337,15 +338,8 @@ class AttendantCall:
         """The call ended (or could not start): stop the pump, kill the actor."""
         if self._closed:
             return
-        self._closed = True
-        if self._grace is not None and self._grace is not asyncio.current_task():
-            self._grace.cancel()
-        if self._actor is not None:
-            self.runtime.active -= 1
-        if self._lease is not None:
-            self._lease.cancel()
+        self.release()
         if self._pump is not None:
-            self._pump.cancel()
             with contextlib.suppress(BaseException):
                 await self._pump
         if self._actor is not None:

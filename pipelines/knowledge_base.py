@@ -521,12 +521,12 @@ class KnowledgeBase:
         with_wordings: dict[str, bool] = {}  # target collection -> has the wording multivector
         for pid, entry in pending.items():
             rows: npt.NDArray[np.float32] | None = None
+            target = self.collection_name(entry.payload["month"]) if entry.payload is not None else ""
             if entry.payload is not None:
-                month = self.collection_name(entry.payload["month"])
-                if month not in with_wordings:
-                    exists = self.client.collection_exists(month)
-                    with_wordings[month] = not exists or self.has_wordings(month)
-                rows = self._embedded(entry, with_wordings[month])
+                if target not in with_wordings:
+                    exists = self.client.collection_exists(target)
+                    with_wordings[target] = not exists or self.has_wordings(target)
+                rows = self._embedded(entry, with_wordings[target])
             for k, n in enumerate(entry.items):
                 report.ids[n] = pid
                 if entry.payload == entry.original:
@@ -542,7 +542,6 @@ class KnowledgeBase:
                     deletes.setdefault(entry.collection, []).append(pid)
                     report.removed += 1
                 continue
-            target = self.collection_name(entry.payload["month"])
             if entry.collection is not None and entry.collection != target:
                 deletes.setdefault(entry.collection, []).append(pid)
             upserts.setdefault(target, []).append(self._point(pid, entry.payload, entry.vector, rows))

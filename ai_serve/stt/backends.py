@@ -196,13 +196,17 @@ class BaseSttBackend(ABC):
         self, audios: list[FloatPcm], languages: list[str | None]
     ) -> list[list[Segment] | BaseException]:
         """Non-empty utterances, one result (or the exception) each; default: one at a time."""
-        out: list[list[Segment] | BaseException] = []
-        for audio, language in zip(audios, languages, strict=True):
-            try:
-                out.append(self._transcribe_impl(audio, language))
-            except Exception as e:
-                out.append(e)
-        return out
+        return [self._safe(self._transcribe_impl, a, lang) for a, lang in zip(audios, languages, strict=True)]
+
+    @staticmethod
+    def _safe(
+        decode: Callable[[FloatPcm, str | None], list[Segment]], audio: FloatPcm, language: str | None
+    ) -> list[Segment] | BaseException:
+        """``decode(audio, language)``, or the exception it raised (one utterance's failure)."""
+        try:
+            return decode(audio, language)
+        except Exception as e:
+            return e
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free memory on GC
         """Release the model early (a Serve replica shutting down); optional."""
@@ -360,15 +364,6 @@ class FasterWhisperBackend(BaseSttBackend):
             if result is None:
                 out[n] = self._safe(self._transcribe_impl, audios[n], langs[n])
         return [result for result in out if result is not None]
-
-    @staticmethod
-    def _safe(
-        decode: Callable[[FloatPcm, str | None], list[Segment]], audio: FloatPcm, language: str | None
-    ) -> list[Segment] | BaseException:
-        try:
-            return decode(audio, language)
-        except Exception as e:
-            return e
 
     def _full(self, audio: FloatPcm, lang: str | None) -> list[Segment]:
         """faster-whisper's standard decode (30 s windows, temperature fallback, its filters)."""

@@ -126,10 +126,10 @@ def decode_fitted_batch(
     The features are padded to the longest utterance's fitted context, so every utterance gets at
     least ``margin_s`` of padding; text placed past an utterance's own end is dropped as in the
     single decode. Batching is what a GPU needs, and it pays on a CPU too: CTranslate2 decodes the
-    batch's sequences together (matrix products instead of one vector per step), about 1.7x the
-    throughput of one-by-one decodes for four short utterances here (see
-    :class:`~ai_serve.stt.backends.FasterWhisperBackend`). Keep the utterances of one batch of
-    similar length: the short ones pay the long one's encoder context."""
+    batch's sequences together (matrix products instead of one vector per step): 1.5x the
+    throughput of one-by-one decodes for groups of four short utterances on this CPU
+    (``bench/stt_context.py --batch 4``). Keep the utterances of one batch of similar length
+    (:func:`similar_lengths`): the short ones pay the long one's encoder context."""
     from faster_whisper.audio import pad_or_trim  # type: ignore[import-untyped]
     from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped]
     from faster_whisper.transcribe import get_suppressed_tokens  # type: ignore[import-untyped]
